@@ -1,0 +1,82 @@
+"""What a router decides, in one shape every variant and every dispatch backend shares.
+
+A routing is a flat list of A (token, expert, weight) assignments. Token-choice routers emit
+A = T*K of them in token-major order (a = t*K + k); expert-choice emits A = E*C in expert-major
+order. Assignments refused by a full expert stay in the list with kept_A = False so shapes stay
+static (CUDA-graph friendly); every backend must skip them.
+
+Axis legend: T tokens, E experts, K experts per token, A assignments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Routing:
+    token_A: torch.Tensor  # [A] int64: which token
+    expert_A: torch.Tensor  # [A] int64: which expert
+    weight_A: torch.Tensor  # [A] float32: combine weight (carries the router's gradient)
+    kept_A: torch.Tensor  # [A] bool: False = dropped for capacity, contributes nothing
+    n_tokens: int
+    n_experts: int
+    capacity: int | None = None  # per-expert capacity applied, None = dropless
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def n_assignments(self) -> int:
+        return self.token_A.numel()
+
+
+@dataclass
+class RoutingStats:
+    """Per-forward routing statistics, kept as tensors so collecting them never syncs the host.
+
+    Convert with .summary() when a number is needed.
+    """
+
+    load_E: torch.Tensor  # [E] assignments routed to each expert, before capacity
+    kept_load_E: torch.Tensor  # [E] assignments actually computed by each expert
+    assignments_dropped: torch.Tensor  # scalar: assignments refused for capacity
+    tokens_unrouted: torch.Tensor  # scalar: tokens left with no computed assignment at all
+    n_tokens: int
+    n_assignments: int
+    capacity: int | None
+    aux_losses: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_routing(cls, routing: Routing) -> "RoutingStats":
+        E, T = routing.n_experts, routing.n_tokens
+        load_E = torch.bincount(routing.expert_A, minlength=E)[:E]
+        kept_expert_A = routing.expert_A[routing.kept_A] if routing.kept_A.numel() else routing.expert_A
+        kept_load_E = torch.bincount(kept_expert_A, minlength=E)[:E]
+        routed_T = torch.zeros(T, dtype=torch.bool, device=routing.token_A.device)
+        routed_T[routing.token_A[routing.kept_A]] = True
+        return cls(
+            load_E=load_E,
+            kept_load_E=kept_load_E,
+            assignments_dropped=(~routing.kept_A).sum(),
+            tokens_unrouted=T - routed_T.sum(),
+            n_tokens=T,
+            n_assignments=routing.n_assignments,
+            capacity=routing.capacity,
+            aux_losses={k: v for k, v in routing.aux_losses.items()},
+        )
+
+    def summary(self) -> dict[str, float]:
+        """Plain numbers: the metric names of DESIGN.md / the results schema."""
+        load = self.kept_load_E.double()
+        mean = load.mean().item() if load.numel() else 0.0
+        out = {
+            "drop_rate": self.assignments_dropped.item() / max(1, self.n_assignments),
+            "tokens_dropped_frac": self.tokens_unrouted.item() / max(1, self.n_tokens),
+            "load_max_over_mean": (load.max().item() / mean) if mean > 0 else 0.0,
+            "load_cv": (load.std(unbiased=False).item() / mean) if mean > 0 else 0.0,
+            "dead_experts": int((self.kept_load_E == 0).sum().item()),
+        }
+        for name, value in self.aux_losses.items():
+            out[f"aux_{name}"] = float(value.detach().float().item())
+        return out

@@ -1,0 +1,26 @@
+"""Auxiliary router losses (REFERENCE.md, Routers). Each returns a scalar tensor with gradient.
+
+Axis legend: T tokens, E experts, K experts per token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def switch_load_balance(probs_TE: torch.Tensor, idx_TK: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Switch Transformer: alpha * E * sum_i f_i * P_i.
+
+    f_i = fraction of the T*K assignments sent to expert i (for K = 1: tokens whose argmax is i),
+    P_i = mean router probability of expert i. Under perfectly uniform routing f_i = P_i = 1/E and
+    the loss equals alpha, its floor.
+    """
+    T, E = probs_TE.shape
+    f_E = torch.bincount(idx_TK.reshape(-1), minlength=E)[:E].to(probs_TE.dtype) / idx_TK.numel()
+    P_E = probs_TE.mean(dim=0)
+    return alpha * E * torch.sum(f_E * P_E)
+
+
+def router_z_loss(logits_TE: torch.Tensor, coef: float) -> torch.Tensor:
+    """ST-MoE: coef * mean over tokens of logsumexp(logits)^2."""
+    return coef * torch.logsumexp(logits_TE.float(), dim=-1).square().mean()
