@@ -182,8 +182,7 @@ class LayerSpec:
             _fail("granularity", G, "must be a positive integer")
         if self.d_ff % G:
             _fail("d_ff", self.d_ff, f"must be divisible by granularity G={G}")
-        return self.replace(n_experts=self.n_experts * G, d_ff=self.d_ff // G, top_k=self.top_k * G,
-                            n_groups=self.n_groups, topk_groups=self.topk_groups)
+        return self.replace(n_experts=self.n_experts * G, d_ff=self.d_ff // G, top_k=self.top_k * G)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
