@@ -24,3 +24,20 @@ def switch_load_balance(probs_TE: torch.Tensor, idx_TK: torch.Tensor, alpha: flo
 def router_z_loss(logits_TE: torch.Tensor, coef: float) -> torch.Tensor:
     """ST-MoE: coef * mean over tokens of logsumexp(logits)^2."""
     return coef * torch.logsumexp(logits_TE.float(), dim=-1).square().mean()
+
+
+def reinforce_loss(log_prob_T: torch.Tensor, reward_T: torch.Tensor,
+                   baseline: torch.Tensor | float | None = None) -> torch.Tensor:
+    """REINFORCE (Williams 1992), as RL-R trains its router (Clark 2022): -mean_t (r_t - b) * log pi(a_t).
+
+    Its gradient is the policy-gradient estimate -mean_t (r_t - b) * grad log pi(a_t); the reward and
+    the baseline b are detached. b defaults to the leave-one-out batch mean, b_t = mean of the other
+    tokens' rewards: it lowers the variance and, not depending on a_t, leaves the gradient unbiased.
+    """
+    reward_T = reward_T.detach().float()
+    if baseline is None:
+        T = reward_T.numel()
+        baseline = (reward_T.sum() - reward_T) / (T - 1) if T > 1 else torch.zeros_like(reward_T)
+    elif isinstance(baseline, torch.Tensor):
+        baseline = baseline.detach()
+    return -((reward_T - baseline) * log_prob_T.float()).mean()

@@ -1,0 +1,81 @@
+"""RL-R (Clark et al. 2022): top-1 expert sampled from the router, router trained by REINFORCE.
+
+    pi(e | x) = softmax(x W_g);  training: e_t ~ pi(. | x_t);  eval: e_t = argmax pi(. | x_t)
+    weight_t = pi(e_t | x_t)   (the chosen expert's probability, so gradients also flow through it)
+The sampling step has no gradient; the router is trained by the policy-gradient loss
+    L_RL = -mean_t (r_t - b) * log pi(e_t | x_t)
+where r_t is a per-token reward (e.g. minus that token's LM loss, detached) and b a baseline (default
+the mean reward of the other tokens of the batch: lower variance, unbiased gradient). After a forward:
+    y = layer(x); loss_T = ...per-token task loss...
+    total = loss_T.mean() + layer.reinforce_loss(-loss_T.detach())
+moebench also returns the Switch load-balance loss (aux_loss_coef; 0 disables) and the z-loss in
+Routing.aux_losses, since REINFORCE alone gives the router no push toward balance.
+Capacity C = ceil(CF*T/E) when spec.capacity_factor is set. score_func must be softmax (a policy).
+Axis legend: T tokens, D model dim, E experts, A = T assignments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moebench.dispatch.common import torch_dtype
+from moebench.layers.routed import RoutedMoE
+from moebench.routing.assignment import Routing
+from moebench.routing.capacity import apply_capacity, expert_capacity, token_choice_priority
+from moebench.routing.losses import reinforce_loss, router_z_loss, switch_load_balance
+from moebench.spec import LayerSpec
+
+
+class RLRouter(nn.Module):
+    def __init__(self, spec: LayerSpec):
+        super().__init__()
+        if spec.score_func != "softmax":
+            raise ValueError(f"LayerSpec.score_func={spec.score_func!r} is invalid for variant 'rl': "
+                             "the router is a policy, allowed value is softmax")
+        self.spec = spec
+        self.w_gate_ED = nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=torch_dtype(spec.dtype))
+                                      / math.sqrt(spec.d_model))
+        self.last_log_prob_T: torch.Tensor | None = None  # log pi(e_t | x_t) of the last forward
+
+    def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
+        spec, T, E = self.spec, x_TD.shape[0], self.spec.n_experts
+        logits_TE = F.linear(x_TD, self.w_gate_ED).float()  # router math in fp32
+        log_probs_TE = torch.log_softmax(logits_TE, dim=-1)
+        probs_TE = log_probs_TE.exp()
+        if self.training:
+            idx_T = torch.multinomial(probs_TE.detach(), 1).squeeze(1)
+        else:
+            idx_T = probs_TE.detach().argmax(dim=-1)
+        self.last_log_prob_T = log_probs_TE.gather(1, idx_T[:, None]).squeeze(1)
+        routing = Routing(
+            token_A=torch.arange(T, device=x_TD.device),
+            expert_A=idx_T,
+            weight_A=probs_TE.gather(1, idx_T[:, None]).squeeze(1),
+            kept_A=torch.ones(T, dtype=torch.bool, device=x_TD.device),
+            n_tokens=T, n_experts=E,
+            aux_losses={"load_balance": switch_load_balance(probs_TE, idx_T[:, None], spec.aux_loss_coef),
+                        "z_loss": router_z_loss(logits_TE, spec.z_loss_coef)},
+        )
+        if spec.capacity_factor is not None:
+            C = expert_capacity(spec.capacity_factor, T, E, 1, spec.min_capacity)
+            routing = apply_capacity(routing, C, spec.drop_policy, score_A=routing.weight_A,
+                                     priority_A=token_choice_priority(T, 1, x_TD.device))
+        return routing
+
+    def reinforce_loss(self, reward_T: torch.Tensor, baseline: torch.Tensor | float | None = None) -> torch.Tensor:
+        """REINFORCE loss for the experts sampled in the last forward (see the module docstring)."""
+        assert self.last_log_prob_T is not None, "call forward first"
+        return reinforce_loss(self.last_log_prob_T, reward_T.reshape(-1), baseline)
+
+
+class RLMoE(RoutedMoE):
+    def __init__(self, spec: LayerSpec):
+        super().__init__(spec, RLRouter(spec))
+
+    def reinforce_loss(self, reward: torch.Tensor, baseline: torch.Tensor | float | None = None) -> torch.Tensor:
+        """reward: one value per token, shaped like x without its last dim (detached by this call)."""
+        return self.router.reinforce_loss(reward, baseline)
