@@ -9,12 +9,22 @@ from __future__ import annotations
 from torch import nn
 
 from moebench.layers.dense import DenseFFN
+from moebench.layers.expert_choice import ExpertChoiceMoE
+from moebench.layers.gshard import GShardMoE
+from moebench.layers.hash import HashMoE
+from moebench.layers.rl import RLMoE
+from moebench.layers.sinkhorn import SinkhornMoE
 from moebench.layers.token_choice import TokenChoiceMoE
 from moebench.spec import LayerSpec
 
 VARIANTS: dict[str, type[nn.Module]] = {
     "dense": DenseFFN,
     "token_choice": TokenChoiceMoE,
+    "gshard": GShardMoE,
+    "expert_choice": ExpertChoiceMoE,
+    "hash": HashMoE,
+    "sinkhorn": SinkhornMoE,
+    "rl": RLMoE,
 }
 
 
