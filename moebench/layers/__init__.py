@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from moebench.layers.deepseek import DeepSeekMoE
 from moebench.layers.dense import DenseFFN
 from moebench.layers.expert_choice import ExpertChoiceMoE
 from moebench.layers.gshard import GShardMoE
@@ -19,6 +20,7 @@ from moebench.spec import LayerSpec
 
 VARIANTS: dict[str, type[nn.Module]] = {
     "dense": DenseFFN,
+    "deepseek": DeepSeekMoE,
     "token_choice": TokenChoiceMoE,
     "gshard": GShardMoE,
     "expert_choice": ExpertChoiceMoE,
