@@ -13,6 +13,7 @@ from moebench.layers.dense import DenseFFN
 from moebench.layers.expert_choice import ExpertChoiceMoE
 from moebench.layers.gshard import GShardMoE
 from moebench.layers.hash import HashMoE
+from moebench.layers.peer import PEER
 from moebench.layers.rl import RLMoE
 from moebench.layers.sinkhorn import SinkhornMoE
 from moebench.layers.token_choice import TokenChoiceMoE
@@ -27,6 +28,7 @@ VARIANTS: dict[str, type[nn.Module]] = {
     "hash": HashMoE,
     "sinkhorn": SinkhornMoE,
     "rl": RLMoE,
+    "peer": PEER,
 }
 
 

@@ -1,0 +1,119 @@
+"""PEER (He 2024, "Mixture of A Million Experts"): product-key retrieval over N singleton experts.
+
+    q_h = BN(W_q x)_h = [q1; q2]                    H query networks, each half of dim d_key/2
+    s1 = q1 . C,  s2 = q2 . C'                      sub-key scores against n = sqrt(N) keys per half
+    top-k of s1, top-k of s2; score the k^2 sums s1_a + s2_b; top-k again   (expert i = a*n + b)
+    g = softmax over the k retrieved scores (paper) or relu(score) ("non-competing", PEER-pytorch)
+    y = sum_h sum_{i in top-k(h)} g_i * act(u_i . x) * v_i
+
+Product retrieval is exact: if (a, b) is in the top-k of all n^2 sums, a is in the top-k of s1 (else
+k rows a' beat it with the same b) and likewise b, so `brute` (score all N, top-k) picks the same
+experts up to ties. Product mode never forms [T, N]; it gathers [T, H, K, D] rows of u and v.
+
+Keys: the paper's heads share one set of product keys (`shared_keys=True`, keys_GPRQ with G = 1);
+PEER-pytorch gives every head its own keys (`shared_keys=False`, G = H), needed to load its weights.
+Experts (u, v) are always shared by the heads. All weights (BatchNorm too) are in the spec's dtype;
+queries are cast to float32 after the BatchNorm so scores, top-k and gates are float32 and both
+retrieval modes rank experts identically; gather and expert dot products run in the spec's dtype.
+`last_stats` is a RoutingStats over the N experts (T*H*K assignments, all kept), or None when
+`collect_stats` is False (it costs two bincounts over N per forward).
+
+Axis legend: T tokens, D model dim, H heads, N experts (= R**2), R sub-keys per half (n_keys),
+P = 2 query halves, Q = d_key/2 half query dim, K experts retrieved per head, G key sets (1 or H).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moebench.dispatch.common import activate, torch_dtype
+from moebench.routing.assignment import Routing, RoutingStats
+from moebench.spec import LayerSpec
+
+
+class PEER(nn.Module):
+    def __init__(self, spec: LayerSpec, shared_keys: bool = True):
+        super().__init__()
+        if spec.activation not in ("gelu", "relu"):
+            raise ValueError(f"LayerSpec.activation={spec.activation!r} is invalid for variant 'peer': PEER experts "
+                             "are singleton vectors act(u.x) v with no gate/up pair; allowed values are gelu, relu")
+        self.spec = spec
+        dtype = torch_dtype(spec.dtype)
+        H, D, N, R, Q = spec.peer_heads, spec.d_model, spec.peer_experts, spec.peer_n_keys, spec.d_key // 2
+        self.query = nn.Linear(D, H * spec.d_key, bias=False, dtype=dtype)  # output rows ordered (h, p, q)
+        self.query_bn = nn.BatchNorm1d(H * spec.d_key, dtype=dtype) if spec.peer_query_batchnorm else None
+        # keys ~ N(0, 1/Q) so a sub-key score has the scale of one query coordinate
+        self.keys_GPRQ = nn.Parameter(torch.randn(1 if shared_keys else H, 2, R, Q, dtype=dtype) / math.sqrt(Q))
+        # fan-in init: u ~ N(0, 1/D) makes u.x O(1) for unit-scale x; each output sums H*K hidden units
+        self.u_ND = nn.Parameter(torch.randn(N, D, dtype=dtype) / math.sqrt(D))
+        self.v_ND = nn.Parameter(torch.randn(N, D, dtype=dtype) / math.sqrt(H * spec.peer_k))
+        self.collect_stats = True
+        self.last_stats: RoutingStats | None = None
+
+    # --- phases (timed one by one by the measurement code) -------------------------------------
+
+    def queries(self, x_TD: torch.Tensor) -> torch.Tensor:
+        """[T, D] -> q_THPQ (float32): H query networks, optional BatchNorm over all H*d_key features."""
+        q_TC = self.query(x_TD)
+        if self.query_bn is not None:
+            q_TC = self.query_bn(q_TC)  # needs T > 1 in training, as any BatchNorm
+        return q_TC.float().view(x_TD.shape[0], self.spec.peer_heads, 2, -1)
+
+    def subkey_scores(self, q_THPQ: torch.Tensor) -> torch.Tensor:
+        """s_THPR[t, h, p, r] = q_THPQ[t, h, p] . keys[h or 0, p, r]: the 2*R sub-key scores per head."""
+        keys_GPRQ = self.keys_GPRQ.float()
+        if keys_GPRQ.shape[0] == 1:  # shared by the heads (paper)
+            return torch.einsum("thpq,prq->thpr", q_THPQ, keys_GPRQ[0])
+        return torch.einsum("thpq,hprq->thpr", q_THPQ, keys_GPRQ)
+
+    def retrieve(self, s_THPR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-K experts per head: (score_THK float32, idx_THK int64 in [0, N)), expert index = a*R + b."""
+        K, R = self.spec.peer_k, self.spec.peer_n_keys
+        s1_THR, s2_THR = s_THPR[:, :, 0], s_THPR[:, :, 1]
+        if self.spec.peer_retrieval == "brute":
+            all_THN = (s1_THR.unsqueeze(-1) + s2_THR.unsqueeze(-2)).flatten(-2)  # [T, H, R*R]
+            return all_THN.topk(K, dim=-1)
+        top1_THK, a_THK = s1_THR.topk(K, dim=-1)
+        top2_THK, b_THK = s2_THR.topk(K, dim=-1)
+        cand_THC = (top1_THK.unsqueeze(-1) + top2_THK.unsqueeze(-2)).flatten(-2)  # C = K*K candidates
+        idx_THC = (a_THK.unsqueeze(-1) * R + b_THK.unsqueeze(-2)).flatten(-2)
+        score_THK, pick_THK = cand_THC.topk(K, dim=-1)
+        return score_THK, idx_THC.gather(-1, pick_THK)
+
+    def gates(self, score_THK: torch.Tensor) -> torch.Tensor:
+        """g over the K retrieved experts of a head: softmax (competing) or relu (non-competing)."""
+        return torch.softmax(score_THK, dim=-1) if self.spec.peer_score == "softmax" else F.relu(score_THK)
+
+    def experts(self, x_TD: torch.Tensor, gate_THK: torch.Tensor, idx_THK: torch.Tensor) -> torch.Tensor:
+        """Gather u, v rows and sum g_i * act(u_i . x) * v_i over heads and retrieved experts: [T, D]."""
+        u_THKD = F.embedding(idx_THK, self.u_ND)
+        v_THKD = F.embedding(idx_THK, self.v_ND)
+        h_THK = torch.einsum("td,thkd->thk", x_TD, u_THKD)
+        a_THK = activate(h_THK.float(), self.spec.activation) * gate_THK
+        return torch.einsum("thk,thkd->td", a_THK.to(v_THKD.dtype), v_THKD)
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [..., D] -> y: [..., D]. token_ids is accepted for interface parity and ignored."""
+        x_TD = x.reshape(-1, x.shape[-1]).to(self.u_ND.dtype)
+        score_THK, idx_THK = self.retrieve(self.subkey_scores(self.queries(x_TD)))
+        gate_THK = self.gates(score_THK)
+        y_TD = self.experts(x_TD, gate_THK, idx_THK)
+        self.last_stats = self.stats(gate_THK, idx_THK) if self.collect_stats else None
+        return y_TD.to(x.dtype).reshape(x.shape)
+
+    def stats(self, gate_THK: torch.Tensor, idx_THK: torch.Tensor) -> RoutingStats:
+        """Expert loads over all N experts from the retrieved indices; nothing is dropped in PEER."""
+        T, A = idx_THK.shape[0], idx_THK.numel()
+        routing = Routing(
+            token_A=torch.arange(T, device=idx_THK.device).repeat_interleave(A // max(1, T)),
+            expert_A=idx_THK.reshape(-1), weight_A=gate_THK.detach().reshape(-1),
+            kept_A=torch.ones(A, dtype=torch.bool, device=idx_THK.device),
+            n_tokens=T, n_experts=self.spec.peer_experts,
+        )
+        return RoutingStats.from_routing(routing)
