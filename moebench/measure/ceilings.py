@@ -1,0 +1,65 @@
+"""Machine ceilings measured in the same run: what this device reaches on a plain GEMM and a plain copy.
+
+A layer's throughput means little alone: 40% of the GEMM ceiling says more than "3 TFLOP/s". Both
+ceilings are measured with the same timer and sampling rules as the layers (timers.measure), on the
+same device, dtype and thread count, so the fraction reached compares like with like.
+
+GEMM: C = A @ B with A [m, k], B [k, n] counts 2*m*n*k FLOPs (one multiply and one add per term).
+Copy: dst.copy_(src) of n_bytes counts 2*n_bytes moved (n read + n written). On CPUs with
+write-allocate caches the hardware also reads dst before writing it (3*n_bytes of traffic), so this
+is the bandwidth a torch copy achieves, the figure a memory-bound layer can hope for, not the DRAM
+peak. Use n_bytes well above the last-level cache (L2 on GPU) to measure memory, not cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from moebench.measure.timers import Samples, Timer, make_timer, measure
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is invalid: allowed values are {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def gemm_samples(m: int, n: int, k: int, dtype: str | torch.dtype = "float32", device: str = "cpu", *,
+                 timer: Timer | None = None, seed: int = 0, **measure_kwargs: Any) -> Samples:
+    """Timing samples of one [m, k] @ [k, n] matmul into a preallocated output."""
+    dt, dev = as_dtype(dtype), torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    a_MK = torch.randn(m, k, generator=gen, device=dev, dtype=torch.float32).to(dt)
+    b_KN = torch.randn(k, n, generator=gen, device=dev, dtype=torch.float32).to(dt)
+    c_MN = torch.empty(m, n, device=dev, dtype=dt)  # out= keeps allocation out of the timed region
+    return measure(lambda: torch.mm(a_MK, b_KN, out=c_MN), timer or make_timer(dev), **measure_kwargs)
+
+
+def gemm_ceiling(m: int, n: int, k: int, dtype: str | torch.dtype = "float32", device: str = "cpu", *,
+                 timer: Timer | None = None, **measure_kwargs: Any) -> float:
+    """FLOP/s of a dense [m, k] @ [k, n] matmul: 2*m*n*k / median time."""
+    samples = gemm_samples(m, n, k, dtype, device, timer=timer, **measure_kwargs)
+    return 2 * m * n * k / samples.median
+
+
+def copy_samples(n_bytes: int, device: str = "cpu", *, timer: Timer | None = None,
+                 **measure_kwargs: Any) -> Samples:
+    """Timing samples of copying n_bytes from one preallocated buffer into another."""
+    if n_bytes < 1:
+        raise ValueError(f"n_bytes={n_bytes} is invalid: must be >= 1")
+    dev = torch.device(device)
+    src = torch.ones(n_bytes, dtype=torch.uint8, device=dev)  # touched, so pages exist before timing
+    dst = torch.zeros(n_bytes, dtype=torch.uint8, device=dev)
+    return measure(lambda: dst.copy_(src), timer or make_timer(dev), **measure_kwargs)
+
+
+def copy_bandwidth(n_bytes: int = 256 * 2**20, device: str = "cpu", *, timer: Timer | None = None,
+                   **measure_kwargs: Any) -> float:
+    """Bytes/s of a device-local copy, counting read + write: 2*n_bytes / median time."""
+    return 2 * n_bytes / copy_samples(n_bytes, device, timer=timer, **measure_kwargs).median
