@@ -13,6 +13,7 @@ from moebench.layers.dense import DenseFFN
 from moebench.layers.expert_choice import ExpertChoiceMoE
 from moebench.layers.gshard import GShardMoE
 from moebench.layers.hash import HashMoE
+from moebench.layers.lifelong import LifelongMoE
 from moebench.layers.peer import PEER
 from moebench.layers.rl import RLMoE
 from moebench.layers.sinkhorn import SinkhornMoE
@@ -22,6 +23,7 @@ from moebench.spec import LayerSpec
 VARIANTS: dict[str, type[nn.Module]] = {
     "dense": DenseFFN,
     "deepseek": DeepSeekMoE,
+    "lifelong": LifelongMoE,
     "token_choice": TokenChoiceMoE,
     "gshard": GShardMoE,
     "expert_choice": ExpertChoiceMoE,
