@@ -6,7 +6,9 @@ Pick one per layer with LayerSpec.backend; `moebench list` shows them with what 
 from __future__ import annotations
 
 from moebench.dispatch.common import Backend
+from moebench.dispatch.grouped_mm import run_grouped_mm
 from moebench.dispatch.loop import run_loop
+from moebench.dispatch.padded import run_padded
 from moebench.dispatch.sort_gather import run_sort_gather
 
 BACKENDS: dict[str, Backend] = {
@@ -15,6 +17,18 @@ BACKENDS: dict[str, Backend] = {
     "sort_gather": Backend("sort_gather", run_sort_gather,
                            "sort assignments by expert, gather tokens, one GEMM pair per expert",
                            graph_capturable=False, host_syncs=True),
+    "grouped_mm": Backend("grouped_mm", run_grouped_mm,
+                          "sort assignments by expert, gather tokens once, one grouped GEMM per weight "
+                          "(torch grouped_mm, int32 offsets); falls back to one GEMM pair per expert where "
+                          "torch lacks grouped_mm or a row stride of D, 2F/F or F is not 16-byte aligned; "
+                          "syncs once for the number of kept assignments",
+                          graph_capturable=False, host_syncs=True),
+    # The flags must hold in both modes; with a capacity_factor alone it is sync-free and static.
+    "padded": Backend("padded", run_padded,
+                      "capacity buffers [E, C, D] filled in assignment order, one bmm per weight (GShard/Switch); "
+                      "with a capacity_factor: C fixed, static shapes, no host sync (CUDA-graph safe); "
+                      "dropless: C = max expert load, one host sync",
+                      graph_capturable=False, host_syncs=True),
 }
 
 

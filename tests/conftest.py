@@ -1,0 +1,19 @@
+"""Fixtures shared by the whole test suite (keep this small; helpers specific to one package live in
+its own tests/<package>/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import settings
+
+# Wall time on a shared 2-core runner is noisy: hypothesis examples are limited by count, not by time.
+settings.register_profile("moebench", deadline=None)
+settings.load_profile("moebench")
+
+
+@pytest.fixture
+def seeded() -> int:
+    """Seed torch's global generator so a test's random tensors are the same on every run."""
+    torch.manual_seed(0)
+    return 0
