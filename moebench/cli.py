@@ -47,6 +47,111 @@ def list_cmd() -> None:
         flags.append("graph-capturable" if backend.graph_capturable else "")
         flags.append("host-syncs" if backend.host_syncs else "no-host-sync")
         click.echo(f"  {name:<14} {backend.description}  [{', '.join(f for f in flags if f)}]")
+    _echo_presets()
+
+
+def _echo_presets() -> None:
+    from moebench.accounting import model_active_params, model_params
+    from moebench.presets import PRESETS
+
+    click.echo("presets:")
+    for name, shape in PRESETS.items():
+        spec = shape.moe
+        total, active = sum(model_params(shape).values()), sum(model_active_params(shape).values())
+        shared = f" + {spec.n_shared} shared" if spec.n_shared else ""
+        click.echo(f"  {name:<18} {_human(total)} total / {_human(active)} active, {shape.n_layers} layers, "
+                   f"{spec.variant} E={spec.n_experts} K={spec.top_k}{shared}")
+
+
+# --- params ---------------------------------------------------------------------------------------
+
+def _human(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:g}"
+
+
+def _exact(n: float) -> str:
+    return f"{int(n):,}" if float(n).is_integer() else f"{n:,.1f}"
+
+
+def _load_model(target: str):
+    """A preset name, or a path to a HuggingFace config.json. Returns (ModelShape, source)."""
+    import json
+    import os
+
+    from moebench.interop.hf_config import model_from_hf_config
+    from moebench.presets import PRESETS
+
+    if target in PRESETS:
+        return PRESETS[target], "preset"
+    if not (target.endswith(".json") or os.sep in target or os.path.exists(target)):
+        raise ValueError(f"unknown preset {target!r}; valid presets are {', '.join(PRESETS)} "
+                         "(or pass the path of a HuggingFace config.json)")
+    try:
+        with open(target, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as err:
+        raise ValueError(f"config file {target!r} cannot be read: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"config file {target!r} is not valid JSON: {err}") from None
+    try:
+        return model_from_hf_config(cfg), target
+    except ValueError as err:
+        raise ValueError(f"config file {target!r}: {err}") from None
+
+
+@cli.command("params")
+@click.argument("target", metavar="PRESET|CONFIG.json")
+@click.option("--embeddings", type=click.Choice(["both", "output", "none"]), default="both", show_default=True,
+              help="Active-count convention: input table + LM head, LM head only, or neither.")
+@click.option("--context", "context_len", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Keys attended to per token, for the attention-score FLOPs (0 leaves them out).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) -> None:
+    """Total / active parameters and forward FLOPs per token of a preset or a config.json."""
+    import json
+
+    from moebench.accounting import model_active_params, model_summary
+    from moebench.presets import PUBLISHED
+
+    shape, source = _load_model(target)
+    summary = model_summary(shape, embeddings, context_len)
+    summary["source"] = source
+    published = PUBLISHED.get(shape.name) if source == "preset" else None
+    if published is not None:
+        ours = sum(model_active_params(shape, published.active_embeddings).values())
+        summary["published"] = {"total": published.total, "active": published.active,
+                                "active_embeddings": published.active_embeddings, "source": published.source,
+                                "our_active_under_that_convention": ours}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    p, fl, lay, spec = summary["params"], summary["flops_per_token"], summary["layers"], shape.moe
+    click.echo(f"{shape.name} ({source})")
+    click.echo(f"layers: {lay['total']} ({lay['moe']} MoE, {lay['dense_ffn']} dense FFN; "
+               f"{lay['attention']} attention, {lay['mamba']} Mamba)")
+    click.echo(f"parameters {'':<14} {'total':>24}   active (embeddings={embeddings})")
+    for part, n in p["total_by_part"].items():
+        a = p["active_by_part"][part]
+        click.echo(f"  {part:<24} {_human(n):>8} {_exact(n):>17}   {_human(a):>8} {_exact(a):>17}")
+    click.echo(f"  {'total':<24} {_human(p['total']):>8} {_exact(p['total']):>17}   "
+               f"{_human(p['active']):>8} {_exact(p['active']):>17}")
+    if published is not None:
+        pub = summary["published"]
+        click.echo(f"published: {_human(published.total)} total / {_human(published.active)} active "
+                   f"({published.source}); ours with embeddings={published.active_embeddings}: "
+                   f"{_human(pub['our_active_under_that_convention'])} active")
+    click.echo(f"FLOPs per token (forward, multiply-add = 2, context {context_len}):")
+    for phase, f in fl["by_phase"].items():
+        click.echo(f"  {phase:<24} {_human(f):>8} {_exact(f):>17}")
+    click.echo(f"  {'total':<24} {_human(fl['forward']):>8} {_exact(fl['forward']):>17}")
+    shared = f", {spec.n_shared} shared of F={spec.shared_d_ff or spec.d_ff}" if spec.n_shared else ""
+    click.echo(f"MoE layer: {spec.variant}, D={spec.d_model}, F={spec.d_ff}, E={spec.n_experts}, K={spec.top_k}"
+               f"{shared}, {spec.score_func} scores, renormalize={spec.renormalize}, "
+               f"routed_scaling={spec.routed_scaling}, groups {spec.topk_groups}/{spec.n_groups}, "
+               f"expert_bias={spec.expert_bias}, dtype={spec.dtype}")
 
 
 def main() -> None:
