@@ -12,7 +12,7 @@ Conventions (every number in this module follows them):
 - Experts: swiglu has 3 D*F matrices (gate, up, down), gelu/relu 2. No biases.
 - Experts per token K_eff: top_k; expert choice c (each expert takes C = ceil(c*T/E) of the T tokens,
   so a token uses c experts on average, a float); GShard's second expert counted as always used
-  (its random drop depends on the router's g2); dense = 1.
+  (eval keeps it; in training it is wanted with probability 2*g2, which depends on the router); dense 1.
 - Parameters are weights only: buffers (BatchNorm running stats, DeepSeek-V3's selection bias, which
   transformers also keeps as a buffer) are not parameters. Router: E*D (hash: none; noisy: 2*E*D).
 - PEER: the H heads share one set of product keys (the paper; layers/peer.py default): 2*n_keys*d_key/2
@@ -126,7 +126,11 @@ def layer_flops_per_token(spec: LayerSpec, training: bool = False) -> dict[str, 
 
 
 def expected_experts_touched(n_experts: int, n_tokens: int, per_token: float) -> float:
-    """Distinct experts hit by T tokens routing uniformly: E * (1 - (1 - K/E)^T)."""
+    """Distinct experts hit by T tokens routing uniformly: E * (1 - (1 - K/E)^T).
+
+    Treats a token's K picks as independent draws of probability K/E each (exact for K = 1, close for
+    K << E): an expert is missed by one token with probability 1 - K/E.
+    """
     p = min(1.0, per_token / n_experts)
     return n_experts * (1 - (1 - p) ** n_tokens)
 
@@ -134,8 +138,11 @@ def expected_experts_touched(n_experts: int, n_tokens: int, per_token: float) ->
 def layer_bytes(spec: LayerSpec, n_tokens: int, dtype: str | None = None) -> dict[str, float]:
     """Bytes moved by one forward over T tokens, by term, for an unfused eager implementation.
 
-    b = bytes per element of `dtype` (default spec.dtype); scores float32, indices int64; A = T*K_eff.
+    b = bytes per element of `dtype` (default spec.dtype); scores float32, indices int64; A = T*K_eff
+    assignments, all computed (with a capacity factor an upper bound; the padded backend computes E*C
+    slots instead).
       router_weights  E*D*b                      router_io  read x, write + read logits [T,E], write idx+weight [A]
+                                                 (hash: only the expert ids [A] are written)
       dispatch        read and write A*D*b       (gather: K copies of x into expert order)
       expert_weights  E_hit * m*D*F*b            E_hit = expected distinct experts under uniform routing
       expert_io       A*(D + I + I + F + F + D)*b  in-proj reads x, writes I; activation reads I, writes F;
@@ -228,7 +235,7 @@ class Roofline:
     """Lower bound on time: time >= max(flops / peak_flops, bytes / bandwidth)."""
 
     flops: float
-    bytes: float
+    bytes_moved: float
     compute_s: float
     memory_s: float
 
@@ -243,7 +250,7 @@ class Roofline:
     @property
     def intensity(self) -> float:
         """Arithmetic intensity, FLOPs per byte."""
-        return self.flops / self.bytes if self.bytes else math.inf
+        return self.flops / self.bytes_moved if self.bytes_moved else math.inf
 
 
 def roofline(flops: float, bytes_moved: float, peak_flops: float, bandwidth: float) -> Roofline:
@@ -280,7 +287,11 @@ def attention_params(att: Attention, d_model: int) -> int:
 
 
 def attention_flops_per_token(att: Attention, d_model: int, context_len: int) -> dict[str, float]:
-    """Projections 2 * (matrix weights); scores q.k and p.v over context_len keys: 2*H*(d_qk + d_v)*ctx."""
+    """Projections 2 * (matrix weights); scores q.k and p.v over context_len keys: 2*H*(d_qk + d_v)*ctx.
+
+    MLA is counted in its unabsorbed form (training / prefill: k and v up-projected from the latent);
+    decode kernels that absorb W_kvb into q and o trade these projections for latent-space scores.
+    """
     proj = attention_params(att, d_model)
     if att.is_mla:
         norms = (att.q_lora_rank or 0) + att.kv_lora_rank
