@@ -102,6 +102,8 @@ class PhaseBreakdown:
     instrumented_total_s: float  # median wall time of fn with the recorder (includes sync overhead)
     ratio: float  # sum(phases) / total_s; 1.0 = phases explain the whole run
     repeats: int
+    raw_total_s: list[float]  # every plain run, in order
+    raw_phases: list[dict[str, float]]  # top-level phase seconds of every instrumented run, in order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,4 +153,5 @@ def phase_breakdown(fn: Callable[[], object], device: str | torch.device | None 
     total = statistics.median(plain)
     return PhaseBreakdown(phases=phases, nested=medians("totals"), total_s=total,
                           instrumented_total_s=statistics.median(instrumented),
-                          ratio=sum(phases.values()) / total if total > 0 else float("nan"), repeats=repeats)
+                          ratio=sum(phases.values()) / total if total > 0 else float("nan"), repeats=repeats,
+                          raw_total_s=plain, raw_phases=[dict(r.top_totals) for r in recs])
