@@ -96,8 +96,9 @@ def test_routing_stats_count_the_blocks_own_choices(name):
     assert layer.last_stats.assignments_dropped.item() == 0
 
 
-def test_bf16_mixtral_matches():
-    block, _ = make_block("mixtral")
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "deepseek_v3"])
+def test_bf16_matches(name):
+    block, _ = make_block(name)
     block = block.to(torch.bfloat16)
     layer = from_hf_block(block)
     assert layer.spec.dtype == "bfloat16"
@@ -106,7 +107,8 @@ def test_bf16_mixtral_matches():
     with torch.no_grad():
         y_hf, y_mb = block(x.clone()), layer(x)
     assert y_mb.dtype == torch.bfloat16
-    # transformers rounds each expert's contribution to bf16 before summing; moebench sums in fp32.
+    # Same experts chosen (same router arithmetic); transformers rounds each expert's contribution
+    # (and Qwen2 its combine weights) to bf16 before summing, moebench sums in fp32: a few bf16 ulps.
     torch.testing.assert_close(y_mb.float(), y_hf.float(), rtol=2e-2, atol=2e-2)
 
 
@@ -167,3 +169,9 @@ def test_non_silu_experts_raise():
     config = MixtralConfig(intermediate_size=F, num_local_experts=E, hidden_act="gelu", **COMMON)
     with pytest.raises(ValueError, match="SiLU"):
         from_hf_block(MixtralSparseMoeBlock(config))
+
+
+def test_biased_shared_experts_raise():
+    config = DeepseekV2Config(moe_intermediate_size=F, n_routed_experts=E, n_shared_experts=1, mlp_bias=True, **COMMON)
+    with pytest.raises(ValueError, match="bias"):
+        from_hf_block(DeepseekV2Moe(config))
