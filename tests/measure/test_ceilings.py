@@ -1,0 +1,66 @@
+"""Machine ceilings: the arithmetic checked exactly with a fixed-duration timer, real runs for plausibility."""
+
+import math
+
+import pytest
+import torch
+
+from moebench.measure.ceilings import copy_bandwidth, copy_samples, gemm_ceiling, gemm_samples
+
+
+class FixedTimer:
+    """Runs the work for real but reports a fixed duration, so the FLOP and byte counts are exact."""
+
+    mode = "fixed"
+
+    def __init__(self, seconds):
+        self.seconds, self.calls = seconds, 0
+
+    def time(self, fn):
+        fn()
+        self.calls += 1
+        return self.seconds
+
+
+QUICK = dict(warmup=1, min_samples=6, max_samples=30, budget_s=0.3)
+
+
+def test_gemm_ceiling_counts_two_flops_per_multiply_add():
+    timer = FixedTimer(0.5)
+    assert gemm_ceiling(8, 16, 32, timer=timer, **QUICK) == 2 * 8 * 16 * 32 / 0.5
+    assert timer.calls == 7  # constant samples converge at n = 6, after 1 warmup
+
+
+def test_copy_bandwidth_counts_read_plus_write():
+    assert copy_bandwidth(1000, timer=FixedTimer(1e-3), **QUICK) == 2 * 1000 / 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", torch.float32])
+def test_real_gemm_ceiling_is_plausible(dtype):
+    flops = gemm_ceiling(128, 128, 128, dtype, "cpu", **QUICK)
+    assert math.isfinite(flops) and flops > 0
+
+
+def test_real_copy_bandwidth_is_plausible():
+    bw = copy_bandwidth(4 * 2**20, "cpu", **QUICK)
+    assert math.isfinite(bw) and bw > 0
+
+
+def test_samples_are_returned_for_the_record():
+    s = gemm_samples(64, 64, 64, **QUICK)
+    assert s.n >= 6 and s.timer == "cpu" and len(s.raw) == s.n
+    assert copy_samples(1024, **QUICK).median > 0
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="dtype"):
+        gemm_ceiling(8, 8, 8, "float64")
+    with pytest.raises(ValueError, match="n_bytes"):
+        copy_bandwidth(0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_ceilings_are_plausible():
+    assert 0 < gemm_ceiling(1024, 1024, 1024, "bfloat16", "cuda", **QUICK) < math.inf
+    assert 0 < copy_bandwidth(64 * 2**20, "cuda", **QUICK) < math.inf
