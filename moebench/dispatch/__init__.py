@@ -19,15 +19,15 @@ BACKENDS: dict[str, Backend] = {
                            graph_capturable=False, host_syncs=True),
     "grouped_mm": Backend("grouped_mm", run_grouped_mm,
                           "sort assignments by expert, gather tokens once, one grouped GEMM per weight "
-                          "(torch grouped_mm, int32 offsets); falls back to one GEMM pair per expert where "
-                          "torch lacks grouped_mm or a row stride of D, 2F/F or F is not 16-byte aligned; "
-                          "syncs once for the number of kept assignments",
+                          "(torch grouped_mm, int32 offsets; CPU: fp32/bf16/fp16, CUDA: bf16 on SM90/SM100); "
+                          "elsewhere, or where a row stride of D, 2F/F or F is not 16-byte aligned, one GEMM "
+                          "pair per expert; syncs once for the number of kept assignments",
                           graph_capturable=False, host_syncs=True),
-    # The flags must hold in both modes; with a capacity_factor alone it is sync-free and static.
+    # Flags hold for every mode a backend supports; padded is sync-free only with a capacity.
     "padded": Backend("padded", run_padded,
                       "capacity buffers [E, C, D] filled in assignment order, one bmm per weight (GShard/Switch); "
-                      "with a capacity_factor: C fixed, static shapes, no host sync (CUDA-graph safe); "
-                      "dropless: C = max expert load, one host sync",
+                      "with a capacity_factor the backend itself has static shapes and no host sync "
+                      "(CUDA-graph safe); dropless: C = max expert load, one host sync",
                       graph_capturable=False, host_syncs=True),
 }
 

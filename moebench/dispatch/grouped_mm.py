@@ -7,15 +7,16 @@ GEMM for w_in and ONE for w_out over the jagged expert groups (torch grouped_mm,
 and scale + scatter-add back in float32 like the loop backend.
 
 torch's grouped_mm is missing before torch 2.8 and, where present, needs every row stride of its
-operands, outputs and gradients to be a multiple of 16 bytes (measured on torch 2.13 CPU: fp32 with
-D=4/F=4 works, bf16 with D=8 and F=3 fails in the forward, fp32 with I=6 in the backward). Where it
+operands, outputs and gradients to be a multiple of 16 bytes, i.e. D, I and F times the element size
+(measured on torch 2.13 CPU, fp32 / bf16 / fp16 alike: "strides should be multiple of 16 bytes",
+raised by the forward or only by the backward; fp32 with I=6 runs forward, then fails). Where it
 cannot run, the same sorted buffer goes through one GEMM pair per expert instead (sort_gather's
 loop). The choice is made once per call from shapes, dtype and device alone: no try/except, because
 a backward that would fail cannot be caught at forward time.
 
 Host syncs: one, the number of kept assignments (the gathered buffer's length); the fallback also
-reads the per-expert counts. On CUDA, sort_by_expert's bincount syncs too, and torch's own grouped
-kernel is the CUTLASS one only for bf16 on SM90/SM100 (elsewhere torch loops over groups itself).
+reads the per-expert counts. On CUDA, sort_by_expert's bincount syncs too, and grouped_mm is used
+only where torch has a real grouped kernel (bf16 on SM90/SM100); not yet run on a GPU here.
 Axis legend: T tokens, D model dim, F expert hidden dim, E experts, I = rows of w_in,
 A assignments, S sorted kept assignments.
 """
@@ -27,9 +28,10 @@ import torch.nn.functional as F
 
 from moebench.dispatch.common import activate, ffn
 from moebench.dispatch.sort_gather import sort_by_expert
+from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
-# The public name arrived in torch 2.9 (torch._grouped_mm in 2.8); None = this torch has neither.
+# Older torch has only the private name, or neither (None).
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ALIGN_BYTES = 16
@@ -43,6 +45,11 @@ def grouped_mm_usable(x_TD: torch.Tensor, w_in_EID: torch.Tensor, w_out_EDF: tor
         return False
     if x_TD.device.type not in ("cpu", "cuda") or not (w_in_EID.device == w_out_EDF.device == x_TD.device):
         return False
+    if x_TD.device.type == "cuda":
+        # The grouped kernel is CUTLASS bf16 on SM90/SM100 only; elsewhere torch loops over the groups
+        # itself (after copying offs to the host), or in older versions refuses: use our loop then.
+        if x_TD.dtype != torch.bfloat16 or torch.cuda.get_device_capability(x_TD.device)[0] not in (9, 10):
+            return False
     # The weights go in as transposed views ([E, D, I] column-major, the layout the CUDA kernel
     # wants), so they must be contiguous and start on a 16-byte boundary.
     if not (w_in_EID.is_contiguous() and w_out_EDF.is_contiguous()):
@@ -66,17 +73,20 @@ def _per_expert(x_SD: torch.Tensor, counts: list[int], w_in_EID: torch.Tensor, w
 
 def run_grouped_mm(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor,
                    activation: str) -> torch.Tensor:
-    order_A, counts_E = sort_by_expert(routing)
-    n_kept = int(counts_E.sum())  # the host sync: the gathered buffer's length
-    order_S = order_A[:n_kept]
-    token_S = routing.token_A[order_S]
-    x_SD = x_TD[token_S]  # the one gather: expert e's rows are contiguous, in assignment order
-    if grouped_mm_usable(x_TD, w_in_EID, w_out_EDF):
-        offs_E = torch.cumsum(counts_E, 0, dtype=torch.int32)  # end row of each expert's group
-        h_SI = _GROUPED_MM(x_SD, w_in_EID.transpose(1, 2), offs=offs_E)
-        out_SD = _GROUPED_MM(activate(h_SI, activation), w_out_EDF.transpose(1, 2), offs=offs_E)
-    else:
-        out_SD = _per_expert(x_SD, counts_E.tolist(), w_in_EID, w_out_EDF, activation)
-    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-    y_TD = y_TD.index_add(0, token_S, out_SD.float() * routing.weight_A[order_S, None].float())
-    return y_TD.to(x_TD.dtype)
+    with phase("dispatch"):
+        order_A, counts_E = sort_by_expert(routing)
+        n_kept = int(counts_E.sum())  # the host sync: the gathered buffer's length
+        order_S = order_A[:n_kept]
+        token_S = routing.token_A[order_S]
+        x_SD = x_TD[token_S]  # the one gather: expert e's rows are contiguous, in assignment order
+    with phase("experts"):
+        if grouped_mm_usable(x_TD, w_in_EID, w_out_EDF):
+            offs_E = torch.cumsum(counts_E, 0, dtype=torch.int32)  # end row of each expert's group
+            h_SI = _GROUPED_MM(x_SD, w_in_EID.transpose(1, 2), offs=offs_E)
+            out_SD = _GROUPED_MM(activate(h_SI, activation), w_out_EDF.transpose(1, 2), offs=offs_E)
+        else:
+            out_SD = _per_expert(x_SD, counts_E.tolist(), w_in_EID, w_out_EDF, activation)
+    with phase("combine"):
+        y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+        y_TD = y_TD.index_add(0, token_S, out_SD.float() * routing.weight_A[order_S, None].float())
+        return y_TD.to(x_TD.dtype)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from moebench.dispatch.common import activate
+from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
 
@@ -45,27 +46,30 @@ def run_padded(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_o
                activation: str) -> torch.Tensor:
     T, D = x_TD.shape
     E, kept_A = routing.n_experts, routing.kept_A
-    pos_A, load_E = slot_in_expert(routing)
-    if routing.capacity is not None:
-        C = routing.capacity
-        # The router promised at most C kept assignments per expert; a broken promise would spill
-        # into the next expert's slots, so check it on the device (no host sync).
-        torch._assert_async(((pos_A < C) | ~kept_A).all(), "padded backend: an expert keeps more than capacity")
-    else:
-        C = int(load_E.max()) if E else 0  # dropless: the host sync
-    n_slots = E * C
-    # Dropped assignments point at slot n_slots, a trash slot past the buffer.
-    slot_A = torch.where(kept_A, routing.expert_A * C + pos_A, torch.full_like(pos_A, n_slots))
-    # Which token fills each slot; empty slots read row T, a zero row appended to x.
-    token_slot = torch.full((n_slots + 1,), T, dtype=torch.long, device=x_TD.device)
-    token_slot = token_slot.scatter(0, slot_A, routing.token_A)[:n_slots]
-    x_pad = torch.cat([x_TD, x_TD.new_zeros(1, D)])
-    x_ECD = x_pad[token_slot].view(E, C, D)
-    h_ECI = torch.bmm(x_ECD, w_in_EID.transpose(1, 2))
-    out_ECD = torch.bmm(activate(h_ECI, activation), w_out_EDF.transpose(1, 2))
-    # Combine: dropped assignments read the zero row n_slots and so add nothing (and get no gradient).
-    out_pad = torch.cat([out_ECD.reshape(n_slots, D), out_ECD.new_zeros(1, D)])
-    out_AD = out_pad[slot_A].float() * routing.weight_A[:, None].float()
-    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-    y_TD = y_TD.index_add(0, routing.token_A, out_AD)
-    return y_TD.to(x_TD.dtype)
+    with phase("dispatch"):
+        pos_A, load_E = slot_in_expert(routing)
+        if routing.capacity is not None:
+            C = routing.capacity
+            # The router promised at most C kept assignments per expert; a broken promise would spill
+            # into the next expert's slots, so check it on the device (no host sync).
+            torch._assert_async(((pos_A < C) | ~kept_A).all(), "padded backend: an expert keeps more than capacity")
+        else:
+            C = int(load_E.max()) if E else 0  # dropless: the host sync
+        n_slots = E * C
+        # Dropped assignments point at slot n_slots, a trash slot past the buffer.
+        slot_A = torch.where(kept_A, routing.expert_A * C + pos_A, torch.full_like(pos_A, n_slots))
+        # Which token fills each slot; empty slots read row T, a zero row appended to x.
+        token_slot = torch.full((n_slots + 1,), T, dtype=torch.long, device=x_TD.device)
+        token_slot = token_slot.scatter(0, slot_A, routing.token_A)[:n_slots]
+        x_pad = torch.cat([x_TD, x_TD.new_zeros(1, D)])
+        x_ECD = x_pad[token_slot].view(E, C, D)
+    with phase("experts"):
+        h_ECI = torch.bmm(x_ECD, w_in_EID.transpose(1, 2))
+        out_ECD = torch.bmm(activate(h_ECI, activation), w_out_EDF.transpose(1, 2))
+    with phase("combine"):
+        # Dropped assignments read the zero row n_slots and so add nothing (and get no gradient).
+        out_pad = torch.cat([out_ECD.reshape(n_slots, D), out_ECD.new_zeros(1, D)])
+        out_AD = out_pad[slot_A].float() * routing.weight_A[:, None].float()
+        y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+        y_TD = y_TD.index_add(0, routing.token_A, out_AD)
+        return y_TD.to(x_TD.dtype)
