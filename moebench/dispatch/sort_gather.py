@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from moebench.dispatch.common import ffn
+from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
 
@@ -25,19 +26,22 @@ def sort_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor,
                     activation: str) -> torch.Tensor:
-    order_A, counts_E = sort_by_expert(routing)
-    counts = counts_E.tolist()  # the host sync
-    n_kept = sum(counts)
-    order_S = order_A[:n_kept]
-    token_S = routing.token_A[order_S]
-    x_SD = x_TD[token_S]
-    outs, start = [], 0
-    for e, n in enumerate(counts):
-        if n:
-            outs.append(ffn(x_SD[start:start + n], w_in_EID[e], w_out_EDF[e], activation))
-        start += n
-    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-    if outs:
-        out_SD = torch.cat(outs).float() * routing.weight_A[order_S, None].float()
-        y_TD = y_TD.index_add(0, token_S, out_SD)
-    return y_TD.to(x_TD.dtype)
+    with phase("dispatch"):
+        order_A, counts_E = sort_by_expert(routing)
+        counts = counts_E.tolist()  # the host sync
+        n_kept = sum(counts)
+        order_S = order_A[:n_kept]
+        token_S = routing.token_A[order_S]
+        x_SD = x_TD[token_S]
+    with phase("experts"):
+        outs, start = [], 0
+        for e, n in enumerate(counts):
+            if n:
+                outs.append(ffn(x_SD[start:start + n], w_in_EID[e], w_out_EDF[e], activation))
+            start += n
+    with phase("combine"):
+        y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+        if outs:
+            out_SD = torch.cat(outs).float() * routing.weight_A[order_S, None].float()
+            y_TD = y_TD.index_add(0, token_S, out_SD)
+        return y_TD.to(x_TD.dtype)

@@ -15,6 +15,7 @@ from torch import nn
 
 from moebench.dispatch.common import torch_dtype
 from moebench.layers.experts import FFN, RoutedExperts
+from moebench.measure.phases import phase
 from moebench.routing.assignment import RoutingStats
 from moebench.spec import LayerSpec
 
@@ -38,16 +39,20 @@ class RoutedMoE(nn.Module):
         """x: [..., D] -> y: [..., D]. token_ids ([...], int) are needed by hash routing only."""
         x_TD = x.reshape(-1, x.shape[-1])
         ids_T = token_ids.reshape(-1) if token_ids is not None else None
-        routing = self.router(x_TD, token_ids=ids_T)
-        y_TD = self.experts(x_TD, routing)
+        with phase("router"):
+            routing = self.router(x_TD, token_ids=ids_T)
+        y_TD = self.experts(x_TD, routing)  # the backend times dispatch / experts / combine itself
         if self.spec.routed_scaling != 1.0:
-            y_TD = y_TD * self.spec.routed_scaling
+            with phase("combine"):
+                y_TD = y_TD * self.spec.routed_scaling
         if self.shared is not None:
-            shared_TD = self.shared(x_TD)
-            if self.shared_gate is not None:
-                shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
-            y_TD = y_TD + shared_TD
-        self.last_stats = RoutingStats.from_routing(routing)
+            with phase("shared"):
+                shared_TD = self.shared(x_TD)
+                if self.shared_gate is not None:
+                    shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
+                y_TD = y_TD + shared_TD
+        with phase("stats"):
+            self.last_stats = RoutingStats.from_routing(routing)
         return y_TD.reshape(x.shape)
 
     def aux_loss(self) -> torch.Tensor:

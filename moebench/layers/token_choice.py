@@ -5,6 +5,9 @@
                                          gate = softmax over the K kept H values.
 Capacity (optional) drops assignments beyond C = ceil(CF*T*K/E) by the spec's drop policy.
 Aux losses: Switch load balance, router z-loss, and with noisy gating Shazeer's importance + load.
+Synthetic routing (benchmarks): `selection_offset_TE`, when set, is added to the scores used for
+selection only (moebench.routing.distributions.forcing_logits), so a chosen distribution decides which
+experts run while the router's computation and its combine weights stay real.
 Axis legend: T tokens, D model dim, E experts, K experts per token, A = T*K assignments.
 """
 
@@ -34,6 +37,7 @@ class TopKRouter(nn.Module):
         if spec.noisy_gating:
             # Shazeer initialises the noise weights to zero: noise starts at softplus(0) = 0.69.
             self.w_noise_ED = nn.Parameter(torch.zeros(spec.n_experts, spec.d_model, dtype=dtype))
+        self.selection_offset_TE: torch.Tensor | None = None
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
         spec, T, K, E = self.spec, x_TD.shape[0], self.spec.top_k, self.spec.n_experts
@@ -44,14 +48,14 @@ class TopKRouter(nn.Module):
         if self.w_noise_ED is not None and self.training:
             noise_std_TE = F.softplus(F.linear(x_TD, self.w_noise_ED).float())
             noisy_TE = logits_TE + torch.randn_like(logits_TE) * noise_std_TE
-            top_TK, idx_TK = noisy_TE.topk(K, dim=-1)
+            top_TK, idx_TK = _select(noisy_TE, self.selection_offset_TE, K)
             weight_TK = torch.softmax(top_TK, dim=-1)
             probs_TE = torch.zeros_like(logits_TE).scatter(1, idx_TK, weight_TK)  # G(x) of the paper
             aux["importance"] = importance_loss(probs_TE, spec.aux_loss_coef)
             aux["load"] = load_loss(logits_TE, noisy_TE, noise_std_TE, K, spec.aux_loss_coef)
         else:
             probs_TE = torch.softmax(logits_TE, -1) if spec.score_func == "softmax" else torch.sigmoid(logits_TE)
-            weight_TK, idx_TK = probs_TE.topk(K, dim=-1)
+            weight_TK, idx_TK = _select(probs_TE, self.selection_offset_TE, K)
             if spec.renormalize:
                 weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
             aux["load_balance"] = switch_load_balance(probs_TE, idx_TK, spec.aux_loss_coef)
@@ -67,6 +71,14 @@ class TopKRouter(nn.Module):
             routing = apply_capacity(routing, C, spec.drop_policy, score_A=routing.weight_A,
                                      priority_A=token_choice_priority(T, K, x_TD.device))
         return routing
+
+
+def _select(scores_TE: torch.Tensor, offset_TE: torch.Tensor | None, K: int):
+    """Top-K of the scores, or of scores + offset (selection only; values come from scores)."""
+    if offset_TE is None:
+        return scores_TE.topk(K, dim=-1)
+    _, idx_TK = (scores_TE + offset_TE).topk(K, dim=-1)
+    return scores_TE.gather(1, idx_TK), idx_TK
 
 
 def cv_squared(v: torch.Tensor) -> torch.Tensor:

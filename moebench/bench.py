@@ -1,0 +1,176 @@
+"""Measure one case: build the layer from its spec, time it, and collect every metric.
+
+Runs inside the runner's worker process. Returns the `metrics` / `samples` / `phases` / `memory` /
+`routing` parts of a case record (store.py); the runner adds identity and status.
+Axis legend: B batch, T tokens per batch element, D model dim, E experts, K experts per token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from moebench import accounting
+from moebench.dispatch.common import ffn, torch_dtype
+from moebench.layers import build_layer
+from moebench.measure.ceilings import copy_bandwidth
+from moebench.measure.memory import peak_memory
+from moebench.measure.phases import phase_breakdown
+from moebench.measure.timers import make_timer, measure
+from moebench.routing.distributions import describe, forcing_logits, make_distribution
+from moebench.suite import Case
+
+# Phases that are routing overhead rather than expert compute (DESIGN.md: routing_frac).
+ROUTING_PHASES = ("router", "dispatch", "combine", "stats")
+
+
+def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
+    spec, work, plan = case.spec, case.workload, case.measure
+    torch.manual_seed(work.seed)
+    layer = build_layer(spec).to(device)
+    training = work.mode == "forward_backward"
+    layer.train(training)
+    dtype = torch_dtype(spec.dtype)
+    B, T, D = work.batch, work.tokens, spec.d_model
+    n_tokens = B * T
+
+    gen = torch.Generator().manual_seed(work.seed)
+    inputs = [torch.randn(B, T, D, generator=gen).to(device=device, dtype=dtype)
+              for _ in range(work.input_variants)]
+    token_ids = [torch.randint(0, 32000, (B, T), generator=gen).to(device) for _ in range(work.input_variants)]
+    offsets, routing_info = _synthetic_routing(case, layer, n_tokens, device)
+
+    state = {"step": 0}
+
+    def setup() -> None:
+        """Untimed: pick the next input (and forced routing) so iterations see varied routing."""
+        state["step"] += 1
+        i = state["step"] % work.input_variants
+        state["x"], state["ids"] = inputs[i], token_ids[i]
+        if offsets is not None:
+            layer.router.selection_offset_TE = offsets[i]
+        if training:
+            layer.zero_grad(set_to_none=True)
+
+    def step() -> None:
+        if training:
+            y = layer(state["x"], token_ids=state["ids"])
+            y.float().square().mean().backward()  # a real backward through experts and router
+        else:
+            with torch.inference_mode():
+                layer(state["x"], token_ids=state["ids"])
+
+    timer = make_timer(device)
+    samples = measure(step, timer, warmup=plan.warmup, min_samples=plan.min_samples,
+                      max_samples=plan.max_samples, budget_s=plan.budget_s, rel_ci_target=plan.rel_ci, setup=setup)
+    record: dict[str, Any] = {"samples": {"latency_s": samples.raw},
+                              "timing": {k: v for k, v in samples.to_dict().items() if k != "raw"},
+                              "routing": routing_info}
+    metrics = _throughput_metrics(case, samples.median, n_tokens, training)
+
+    stats = getattr(layer, "last_stats", None)
+    if stats is not None:
+        metrics.update(stats.summary())
+        record["loads"] = stats.kept_load_E.tolist() if stats.kept_load_E.numel() <= 4096 else None
+        metrics["capacity"] = stats.capacity
+    cap = accounting.capacity_report(spec, n_tokens)
+    metrics["expected_drop_rate_uniform"] = cap["expected_drop_fraction"]
+
+    if plan.phases:
+        breakdown = phase_breakdown(step, device, repeats=5, setup=setup)
+        record["phases"] = breakdown.to_dict()
+        for name, seconds in breakdown.phases.items():
+            metrics[f"phase_{name}_s"] = seconds
+        phase_sum = sum(breakdown.phases.values())
+        routing_s = sum(breakdown.phases.get(p, 0.0) for p in ROUTING_PHASES)
+        metrics["routing_frac"] = routing_s / phase_sum if phase_sum > 0 else None
+        metrics["phase_sum_over_total"] = breakdown.ratio
+
+    if plan.memory:
+        setup()
+        peak = peak_memory(step, device)
+        record["memory"] = peak.to_dict()
+        metrics["peak_bytes"] = peak.peak_bytes
+        predicted = accounting.layer_bytes(spec, n_tokens)
+        metrics["predicted_bytes_moved"] = sum(predicted.values())
+        metrics["weight_bytes"] = sum(p.numel() * p.element_size() for p in layer.parameters())
+
+    if plan.ceiling:
+        metrics.update(_ceiling_metrics(case, device, metrics, n_tokens, training, timer))
+    record["metrics"] = metrics
+    return record
+
+
+def _synthetic_routing(case: Case, layer, n_tokens: int, device: str):
+    """Forced selections per input variant when the workload names a distribution, else None."""
+    work = case.workload
+    if work.routing == "router":
+        return None, {"name": "router", "seed": work.seed}
+    router = getattr(layer, "router", None)
+    if router is None or not hasattr(router, "selection_offset_TE"):
+        raise ValueError(f"workload.routing={work.routing!r}: variant {case.spec.variant!r} has no top-k "
+                         "selection to force; use routing: router")
+    params = {"seed": work.seed, **work.routing_params}
+    dist = make_distribution(work.routing, **params)
+    E, K = case.spec.n_experts, case.spec.top_k
+    offsets = [forcing_logits(dist.sample(n_tokens, E, K, step=i), E).to(device)
+               for i in range(work.input_variants)]
+    return offsets, describe(dist)
+
+
+def _throughput_metrics(case: Case, latency: float, n_tokens: int, training: bool) -> dict[str, Any]:
+    flops_per_token = accounting.layer_flops_per_token(case.spec, training=training)
+    forward = sum(flops_per_token.values()) * n_tokens
+    flops = forward * (3 if training else 1)  # backward ~ 2x forward (accounting.py)
+    return {"latency_s": latency, "tokens_per_s": n_tokens / latency, "flops": flops,
+            "flops_per_s": flops / latency}
+
+
+def _ceiling_metrics(case: Case, device: str, metrics: dict, n_tokens: int, training: bool,
+                     timer) -> dict[str, Any]:
+    """The same run's ceiling: a dense GEMM of the same shapes (compute-bound layers) and the
+    memory-copy bandwidth (PEER, memory-bound: its floor is the expert bytes it must read)."""
+    spec = case.spec
+    if spec.variant == "peer":
+        bandwidth = copy_bandwidth(64 * 2**20, device)
+        floor_s = accounting.layer_bytes(spec, n_tokens)["expert_weights"] / bandwidth
+        return {"copy_bandwidth_bytes_per_s": bandwidth, "floor_s": floor_s,
+                "frac_of_ceiling": floor_s / metrics["latency_s"]}
+    ceiling = dense_ffn_rate(spec, n_tokens, device, training, timer)
+    expert_flops = accounting.layer_flops_per_token(spec, training)["experts"] * n_tokens * (3 if training else 1)
+    achieved = expert_flops / metrics["latency_s"]
+    return {"ceiling_flops_per_s": ceiling, "frac_of_ceiling": achieved / ceiling if ceiling > 0 else None}
+
+
+def dense_ffn_rate(spec, n_tokens: int, device: str, training: bool, timer) -> float:
+    """FLOP/s of one dense FFN over all T*K assignments at once: the GEMMs of the same shapes with
+    no routing, dispatch or small-group penalty. Expert FLOPs over this rate = the time the design
+    would take if routing were free and every expert GEMM were as large as possible."""
+    dtype = torch_dtype(spec.dtype)
+    m = max(1, round(accounting.experts_per_token(spec) * n_tokens))
+    layer_like = build_dense(spec, device, dtype, training)
+    x = torch.randn(m, spec.d_model, device=device, dtype=dtype)
+    w_in, w_out = layer_like
+
+    def run() -> None:
+        if training:
+            y = ffn(x, w_in, w_out, spec.activation)
+            y.float().square().mean().backward()
+        else:
+            with torch.inference_mode():
+                ffn(x, w_in, w_out, spec.activation)
+
+    samples = measure(run, timer, warmup=2, min_samples=5, max_samples=20, budget_s=1.0, rel_ci_target=0.05)
+    per_row = 2 * (3 if spec.activation == "swiglu" else 2) * spec.d_model * spec.d_ff
+    return per_row * m * (3 if training else 1) / samples.median
+
+
+def build_dense(spec, device: str, dtype: torch.dtype, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = 2 * spec.d_ff if spec.activation == "swiglu" else spec.d_ff
+    w_in = torch.randn(rows, spec.d_model, device=device, dtype=dtype) / math.sqrt(spec.d_model)
+    w_out = torch.randn(spec.d_model, spec.d_ff, device=device, dtype=dtype) / math.sqrt(spec.d_ff)
+    return w_in.requires_grad_(training), w_out.requires_grad_(training)
+
+

@@ -1,0 +1,238 @@
+"""Suite files: load, validate against the schema, expand the parameter grid into cases.
+
+A suite file is YAML data, never executed:
+
+    description: one line saying which question the suite answers
+    kind: throughput | memory | granularity | capacity | peer | models | routers | lifelong | ci | mixed
+    base:      {LayerSpec fields}                      # the layer every case starts from
+    grid:      {axis: [values, ...], ...}              # cartesian product
+    zip:       [{axis: value, ...}, ...]               # rows varied together (crossed with grid)
+    exclude:   [{axis: value, ...}, ...]               # drop cases matching all of a row
+    workload:  {tokens, batch, mode, routing, seed, input_variants}
+    measure:   {warmup, min_samples, max_samples, budget_s, rel_ci, phases, memory, ceiling, timeout_s}
+
+An axis is a LayerSpec field, a workload field, `granularity` (Krajewski's transform applied to the
+base spec) or `baseline` (dense FFN with equal `active` or `total` parameters instead of the MoE).
+Every error names the file and the field. Axis legend in names: T tokens, D model dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moebench.spec import LayerSpec
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+SUITE_KINDS = ("throughput", "memory", "granularity", "capacity", "peer", "models", "routers", "lifelong",
+               "ci", "mixed")
+TOP_LEVEL_KEYS = ("description", "kind", "base", "grid", "zip", "exclude", "workload", "measure")
+MODES = ("forward", "forward_backward")
+BASELINES = ("none", "equal_active", "equal_total")
+
+
+@dataclass(frozen=True)
+class Workload:
+    tokens: int = 512  # tokens per batch element
+    batch: int = 1
+    mode: str = "forward"  # forward (eval, no grad) | forward_backward (train mode, grads)
+    routing: str = "router"  # "router" = the layer's own router; else a synthetic distribution name
+    routing_params: dict = field(default_factory=dict)
+    seed: int = 0
+    input_variants: int = 4  # distinct inputs cycled between timed iterations
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens * self.batch
+
+
+@dataclass(frozen=True)
+class MeasurePlan:
+    warmup: int = 2
+    min_samples: int = 5
+    max_samples: int = 50
+    budget_s: float = 2.0
+    rel_ci: float = 0.05
+    phases: bool = True
+    memory: bool = True
+    ceiling: bool = True
+    timeout_s: float = 300.0
+
+
+WORKLOAD_FIELDS = {f.name for f in dataclasses.fields(Workload)}
+MEASURE_FIELDS = {f.name for f in dataclasses.fields(MeasurePlan)}
+SPEC_FIELDS = {f.name for f in dataclasses.fields(LayerSpec)}
+SPECIAL_AXES = {"granularity", "baseline"}
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str  # stable across runs: what --resume and compare match on
+    params: dict[str, Any]  # the axis values that vary
+    spec: LayerSpec
+    workload: Workload
+    measure: MeasurePlan
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    description: str
+    kind: str
+    cases: list[Case]
+    digest: str  # hash of the file's data, recorded with every run
+
+
+class SuiteError(ValueError):
+    """A suite file problem: the message names the file and the field."""
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    """A path to a YAML file, or the name of a bundled suite under suites/."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SuiteError(f"{path}: no such suite file")
+        return path
+    bundled = SUITES_DIR / f"{name_or_path}.yaml"
+    if not bundled.is_file():
+        raise SuiteError(f"unknown suite {name_or_path!r}; bundled suites are " + ", ".join(bundled_suites())
+                         + " (or give a path to a .yaml file)")
+    return bundled
+
+
+def bundled_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Suite:
+    """Read, validate and expand a suite. overrides (e.g. dtype from --dtype) apply to every case."""
+    path = resolve_suite_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SuiteError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SuiteError(f"{path}: a suite file is a mapping with keys " + ", ".join(TOP_LEVEL_KEYS))
+    _check_keys(path, "", data, TOP_LEVEL_KEYS)
+    kind = data.get("kind", "mixed")
+    if kind not in SUITE_KINDS:
+        raise SuiteError(f"{path}: kind={kind!r} is invalid; allowed values are " + ", ".join(SUITE_KINDS))
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise SuiteError(f"{path}: description must be a string")
+    base = _mapping(path, "base", data.get("base", {}))
+    _check_keys(path, "base", base, SPEC_FIELDS)
+    workload = _mapping(path, "workload", data.get("workload", {}))
+    _check_keys(path, "workload", workload, WORKLOAD_FIELDS)
+    measure = _mapping(path, "measure", data.get("measure", {}))
+    _check_keys(path, "measure", measure, MEASURE_FIELDS)
+    grid = _mapping(path, "grid", data.get("grid", {}))
+    axes = SPEC_FIELDS | WORKLOAD_FIELDS | SPECIAL_AXES
+    _check_keys(path, "grid", grid, axes)
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SuiteError(f"{path}: grid.{axis} must be a non-empty list of values")
+    zip_rows = _rows(path, "zip", data.get("zip", [{}]) or [{}], axes)
+    exclude_rows = _rows(path, "exclude", data.get("exclude", []), axes)
+
+    measure_plan = _build(path, "measure", MeasurePlan, measure)
+    cases, seen = [], set()
+    for combo in itertools.product(*grid.values()):
+        for row in zip_rows:
+            params = {**dict(zip(grid.keys(), combo, strict=True)), **row}
+            if any(all(params.get(k) == v for k, v in ex.items()) for ex in exclude_rows):
+                continue
+            case = _make_case(path, base, workload, measure_plan, params, overrides or {})
+            if case.case_id in seen:
+                raise SuiteError(f"{path}: two cases share the id {case.case_id!r}; make the grid rows distinct")
+            seen.add(case.case_id)
+            cases.append(case)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Suite(path.stem, path, description, kind, cases, digest)
+
+
+def _make_case(path: Path, base: dict, workload: dict, plan: MeasurePlan, params: dict,
+               overrides: dict) -> Case:
+    spec_fields = {**base, **{k: v for k, v in params.items() if k in SPEC_FIELDS}, **overrides}
+    work_fields = {**workload, **{k: v for k, v in params.items() if k in WORKLOAD_FIELDS}}
+    case_id = ",".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "default"
+    where = f"{path}: case {case_id}"
+    try:
+        spec = LayerSpec(**spec_fields)
+        if "granularity" in params:
+            spec = spec.with_granularity(params["granularity"])
+        baseline = params.get("baseline", "none")
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline={baseline!r} is invalid; allowed values are " + ", ".join(BASELINES))
+        if baseline != "none":
+            experts = spec.top_k if baseline == "equal_active" else spec.n_experts
+            spec = spec.replace(variant="dense", d_ff=spec.d_ff * experts + spec.n_shared * (spec.shared_d_ff or
+                                                                                              spec.d_ff))
+    except ValueError as err:
+        raise SuiteError(f"{where}: {err}") from None
+    work = _build(where, "workload", Workload, work_fields)
+    return Case(case_id, params, spec, work, plan)
+
+
+def _build(where: Any, section: str, cls: type, fields: dict):
+    try:
+        obj = cls(**fields)
+    except TypeError as err:
+        raise SuiteError(f"{where}: {section}: {err}") from None
+    for f in dataclasses.fields(cls):
+        value, default = getattr(obj, f.name), f.default
+        if default is not dataclasses.MISSING and default is not None:
+            kind = type(default)
+            ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+            if not ok or (isinstance(value, bool) and kind is not bool):
+                raise SuiteError(f"{where}: {section}.{f.name}={value!r} must be of type {kind.__name__}")
+            if kind in (int, float) and value < 0:
+                raise SuiteError(f"{where}: {section}.{f.name}={value!r} must be >= 0")
+    if cls is Workload:
+        if obj.mode not in MODES:
+            raise SuiteError(f"{where}: workload.mode={obj.mode!r} is invalid; allowed values are "
+                             + ", ".join(MODES))
+        if obj.tokens < 1 or obj.batch < 1 or obj.input_variants < 1:
+            raise SuiteError(f"{where}: workload.tokens, batch and input_variants must be >= 1")
+        if obj.routing != "router":
+            from moebench.routing.distributions import make_distribution
+
+            try:
+                make_distribution(obj.routing, **obj.routing_params)
+            except ValueError as err:
+                raise SuiteError(f"{where}: workload.routing: {err}") from None
+    return obj
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def _mapping(path: Path, name: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise SuiteError(f"{path}: {name} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(path: Path, section: str, data: dict, allowed: set | tuple) -> None:
+    for key in data:
+        if key not in allowed:
+            where = f"{section}.{key}" if section else key
+            raise SuiteError(f"{path}: unknown key {where!r}; allowed keys are " + ", ".join(sorted(allowed)))
+
+
+def _rows(path: Path, name: str, rows: Any, axes: set) -> list[dict]:
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise SuiteError(f"{path}: {name} must be a list of mappings")
+    for i, row in enumerate(rows):
+        _check_keys(path, f"{name}[{i}]", row, axes)
+    return rows
