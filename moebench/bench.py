@@ -7,7 +7,10 @@ Axis legend: B batch, T tokens per batch element, D model dim, E experts, K expe
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from typing import Any
 
 import torch
@@ -90,7 +93,8 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
 
     if plan.memory:
         setup()
-        peak = peak_memory(step, device)
+        with _quiet_stderr():  # torch's profiler (used for CPU peaks) prints start/stop lines on fd 2
+            peak = peak_memory(step, device)
         record["memory"] = peak.to_dict()
         metrics["peak_bytes"] = peak.peak_bytes
         predicted = accounting.layer_bytes(spec, n_tokens)
@@ -101,6 +105,20 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
         metrics.update(_ceiling_metrics(case, device, metrics, n_tokens, training, timer))
     record["metrics"] = metrics
     return record
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _synthetic_routing(case: Case, layer, n_tokens: int, device: str):
