@@ -14,6 +14,8 @@ expert has room (u = 0), so eval numbers do not depend on a random draw.
 drop_policy `position` is GShard's rule above; `probs` (lowest weight refused first) is honoured too.
 Aux losses: GShard's balance loss is Switch's alpha*E*sum_i f_i*P_i with f counted on first choices
 only; plus the ST-MoE router z-loss.
+Synthetic routing (benchmarks): `selection_offset_TE`, when set, is added to the probs used to pick the
+top-2 only (moebench.routing.distributions.forcing_logits); the gates still come from the router.
 Axis legend: T tokens, D model dim, E experts, A = 2T assignments (token-major, a = 2t + k).
 """
 
@@ -34,12 +36,17 @@ from moebench.spec import LayerSpec
 
 
 def gshard_routing(logits_TE: torch.Tensor, u_T: torch.Tensor | None, capacity: int | None,
-                   drop_policy: str = "position") -> tuple[Routing, torch.Tensor, torch.Tensor]:
+                   drop_policy: str = "position", selection_offset_TE: torch.Tensor | None = None,
+                   ) -> tuple[Routing, torch.Tensor, torch.Tensor]:
     """The routing for router logits, given the uniform draws u_T (None = eval: keep every second choice
     that fits). Returns (routing, probs_TE, idx_T2) so callers can build the aux losses."""
     T, E = logits_TE.shape
     probs_TE = torch.softmax(logits_TE.float(), dim=-1)
-    top_T2, idx_T2 = probs_TE.topk(2, dim=-1)
+    if selection_offset_TE is None:
+        top_T2, idx_T2 = probs_TE.topk(2, dim=-1)
+    else:
+        idx_T2 = (probs_TE.detach() + selection_offset_TE).topk(2, dim=-1).indices
+        top_T2 = probs_TE.gather(1, idx_T2)
     gate_T2 = top_T2 / top_T2.sum(-1, keepdim=True)
     wanted_T2 = torch.ones_like(idx_T2, dtype=torch.bool)
     if u_T is not None:
@@ -65,6 +72,7 @@ class GShardRouter(nn.Module):
         self.spec = spec
         self.w_gate_ED = nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=torch_dtype(spec.dtype))
                                       / math.sqrt(spec.d_model))
+        self.selection_offset_TE: torch.Tensor | None = None
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
         spec, T, E = self.spec, x_TD.shape[0], self.spec.n_experts
@@ -72,7 +80,7 @@ class GShardRouter(nn.Module):
         u_T = torch.rand(T, device=x_TD.device) if self.training else None
         C = None if spec.capacity_factor is None else expert_capacity(spec.capacity_factor, T, E, 2,
                                                                       spec.min_capacity)
-        routing, probs_TE, idx_T2 = gshard_routing(logits_TE, u_T, C, spec.drop_policy)
+        routing, probs_TE, idx_T2 = gshard_routing(logits_TE, u_T, C, spec.drop_policy, self.selection_offset_TE)
         routing.aux_losses = {
             "load_balance": switch_load_balance(probs_TE, idx_T2[:, :1], spec.aux_loss_coef),
             "z_loss": router_z_loss(logits_TE, spec.z_loss_coef),

@@ -11,6 +11,8 @@ the mean reward of the other tokens of the batch: lower variance, unbiased gradi
 moebench also returns the Switch load-balance loss (aux_loss_coef; 0 disables) and the z-loss in
 Routing.aux_losses, since REINFORCE alone gives the router no push toward balance.
 Capacity C = ceil(CF*T/E) when spec.capacity_factor is set. score_func must be softmax (a policy).
+Synthetic routing (benchmarks): `selection_offset_TE`, when set, replaces sampling/argmax by the argmax
+of probs + offset (moebench.routing.distributions.forcing_logits); weights stay the router's probs.
 Axis legend: T tokens, D model dim, E experts, A = T assignments.
 """
 
@@ -40,13 +42,16 @@ class RLRouter(nn.Module):
         self.w_gate_ED = nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=torch_dtype(spec.dtype))
                                       / math.sqrt(spec.d_model))
         self.last_log_prob_T: torch.Tensor | None = None  # log pi(e_t | x_t) of the last forward
+        self.selection_offset_TE: torch.Tensor | None = None
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
         spec, T, E = self.spec, x_TD.shape[0], self.spec.n_experts
         logits_TE = F.linear(x_TD, self.w_gate_ED).float()  # router math in fp32
         log_probs_TE = torch.log_softmax(logits_TE, dim=-1)
         probs_TE = log_probs_TE.exp()
-        if self.training:
+        if self.selection_offset_TE is not None:
+            idx_T = (probs_TE.detach() + self.selection_offset_TE).argmax(dim=-1)
+        elif self.training:
             idx_T = torch.multinomial(probs_TE.detach(), 1).squeeze(1)
         else:
             idx_T = probs_TE.detach().argmax(dim=-1)

@@ -13,6 +13,7 @@ from moebench.dispatch.common import ffn
 from moebench.layers import build_layer
 from moebench.layers.gshard import GShardMoE, gshard_routing
 from moebench.routing.capacity import expert_capacity
+from moebench.routing.distributions import forcing_logits
 from moebench.spec import LayerSpec
 
 SMALL = dict(variant="gshard", d_model=12, d_ff=8, n_experts=5, top_k=2, backend="loop")
@@ -120,3 +121,17 @@ def test_weights_sum_to_one_and_aux_losses_present():
 def test_spec_requires_top_2():
     with pytest.raises(ValueError, match="top_k"):
         LayerSpec(variant="gshard", top_k=1)
+
+
+def test_selection_offset_forces_the_chosen_pair_and_keeps_router_gates():
+    layer = make(5).eval()
+    x_TD = torch.randn(12, 12)
+    idx_T2 = torch.stack([torch.arange(12) % 5, (torch.arange(12) + 2) % 5], dim=1)
+    layer.router.selection_offset_TE = forcing_logits(idx_T2, 5)
+    routing = layer.router(x_TD)
+    chosen_T2 = routing.expert_A.reshape(12, 2)
+    assert [set(r) for r in chosen_T2.tolist()] == [set(r) for r in idx_T2.tolist()]
+    probs_TE = torch.softmax(x_TD @ layer.router.w_gate_ED.detach().t(), -1)
+    pair_T2 = probs_TE.gather(1, chosen_T2)
+    torch.testing.assert_close(routing.weight_A.reshape(12, 2).detach(), pair_T2 / pair_T2.sum(-1, keepdim=True))
+    assert (pair_T2[:, 0] >= pair_T2[:, 1]).all()  # the likelier of the pair is the first choice

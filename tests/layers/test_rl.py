@@ -10,6 +10,7 @@ import torch
 from moebench.dispatch.common import ffn
 from moebench.layers import build_layer
 from moebench.layers.rl import RLMoE
+from moebench.routing.distributions import forcing_logits
 from moebench.spec import LayerSpec
 
 SMALL = dict(variant="rl", d_model=12, d_ff=8, n_experts=4, top_k=1, backend="loop")
@@ -91,3 +92,16 @@ def test_aux_losses_and_capacity():
 def test_rejects_sigmoid_scores():
     with pytest.raises(ValueError, match="score_func"):
         make(score_func="sigmoid")
+
+
+def test_selection_offset_forces_the_expert_in_train_and_eval():
+    layer = make(6)
+    x_TD = torch.randn(10, 12)
+    idx_T1 = (torch.arange(10) % 4)[:, None]
+    layer.router.selection_offset_TE = forcing_logits(idx_T1, 4)
+    for training in (True, False):
+        routing = layer.router.train(training)(x_TD)
+        assert routing.expert_A.tolist() == idx_T1[:, 0].tolist()
+        p = torch.softmax(x_TD @ layer.router.w_gate_ED.detach().t(), -1)
+        torch.testing.assert_close(routing.weight_A.detach(), p.gather(1, idx_T1)[:, 0])
+        torch.testing.assert_close(layer.router.last_log_prob_T.detach(), p.gather(1, idx_T1)[:, 0].log())
