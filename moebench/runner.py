@@ -142,6 +142,9 @@ class Worker:
         self.process.start()
         child.close()
         self.conn = parent
+        # Wait for the worker's imports (torch: seconds) so they never count against a case's timeout.
+        if not parent.poll(300) or parent.recv() != "ready":
+            raise EnvironmentProblem("the benchmark worker process did not start")
 
     def run(self, case: Case) -> dict[str, Any]:
         if self.process is None or not self.process.is_alive():
@@ -183,6 +186,7 @@ def _worker_main(conn, device: str, threads: int) -> None:
     from moebench.bench import run_case
 
     torch.set_num_threads(threads)
+    conn.send("ready")
     while True:
         try:
             case = conn.recv()

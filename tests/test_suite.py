@@ -1,0 +1,79 @@
+"""Suite files: schema validation with clear errors, and grid expansion."""
+
+import textwrap
+
+import pytest
+
+from moebench.suite import SuiteError, bundled_suites, load_suite
+
+
+def write(tmp_path, text, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_grid_and_zip_expand_to_the_cartesian_product(tmp_path):
+    path = write(tmp_path, """
+        base: {d_model: 32, d_ff: 64, n_experts: 4, top_k: 2}
+        grid: {backend: [loop, sort_gather], tokens: [8, 16]}
+        zip: [{capacity_factor: null}, {capacity_factor: 1.5, drop_policy: probs}]
+        exclude: [{backend: loop, tokens: 16}]
+    """)
+    suite = load_suite(str(path))
+    ids = [c.case_id for c in suite.cases]
+    assert len(ids) == 2 * 2 * 2 - 2
+    assert "backend=loop,tokens=8,capacity_factor=1.5,drop_policy=probs" in ids
+    case = suite.cases[0]
+    assert case.spec.d_model == 32 and case.workload.tokens == 8
+
+
+def test_granularity_and_baseline_axes(tmp_path):
+    path = write(tmp_path, """
+        base: {d_model: 32, d_ff: 64, n_experts: 4, top_k: 1}
+        zip: [{granularity: 4}, {baseline: equal_active}, {baseline: equal_total}]
+    """)
+    fine, active, total = load_suite(str(path)).cases
+    assert (fine.spec.n_experts, fine.spec.d_ff, fine.spec.top_k) == (16, 16, 4)
+    assert (active.spec.variant, active.spec.d_ff) == ("dense", 64)
+    assert (total.spec.variant, total.spec.d_ff) == ("dense", 256)
+
+
+def test_overrides_apply_to_every_case(tmp_path):
+    path = write(tmp_path, "grid: {backend: [loop, sort_gather]}\n")
+    assert {c.spec.dtype for c in load_suite(str(path), overrides={"dtype": "bfloat16"}).cases} == {"bfloat16"}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("bogus: 1\n", "unknown key 'bogus'"),
+    ("base: {n_expert: 8}\n", "unknown key 'base.n_expert'"),
+    ("base: {top_k: 'two'}\n", "LayerSpec.top_k="),
+    ("base: {n_experts: 4, top_k: 8}\n", "LayerSpec.top_k=8"),
+    ("grid: {backend: loop}\n", "grid.backend must be a non-empty list"),
+    ("grid: {backend: [loop, warp_drive]}\n", "LayerSpec.backend='warp_drive'"),
+    ("workload: {tokens: -3}\n", "workload.tokens=-3 must be >= 0"),
+    ("workload: {mode: backward}\n", "workload.mode='backward' is invalid"),
+    ("workload: {routing: zipf, routing_params: {beta: 1}}\n", "has no parameter 'beta'"),
+    ("workload: {routing: lognormal}\n", "unknown routing distribution 'lognormal'"),
+    ("measure: {budget_s: fast}\n", "measure.budget_s='fast' must be of type float"),
+    ("kind: vibes\n", "kind='vibes' is invalid"),
+    ("- a\n- b\n", "a suite file is a mapping"),
+    ("base: [1, 2\n", "not valid YAML"),
+])
+def test_bad_suite_files_name_the_file_and_the_field(tmp_path, text, expected):
+    path = write(tmp_path, text, name="broken.yaml")
+    with pytest.raises(SuiteError) as err:
+        load_suite(str(path))
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_unknown_suite_name_lists_the_bundled_ones():
+    with pytest.raises(SuiteError, match="bundled suites are .*quick"):
+        load_suite("no-such-suite")
+
+
+@pytest.mark.parametrize("name", bundled_suites())
+def test_every_bundled_suite_is_valid(name):
+    suite = load_suite(name)
+    assert suite.cases and suite.description
