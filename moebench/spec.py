@@ -89,7 +89,7 @@ class LayerSpec:
     sinkhorn_iters: int = 8
     hash_seed: int = 0
 
-    activation: str = "swiglu"
+    activation: str | None = None  # None: swiglu, or gelu for PEER (whose singleton experts have no gate)
     backend: str = "sort_gather"
     dtype: str = "float32"
 
@@ -107,6 +107,8 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         _choice("variant", self.variant, VARIANTS)
+        if self.activation is None:  # frozen: the default is resolved once, here
+            object.__setattr__(self, "activation", "gelu" if self.variant == "peer" else "swiglu")
         for name in ("d_model", "d_ff", "n_experts", "top_k", "sinkhorn_iters", "n_groups",
                      "topk_groups", "peer_experts", "peer_heads", "peer_k", "d_key"):
             _positive_int(name, getattr(self, name))
@@ -140,6 +142,8 @@ class LayerSpec:
         if self.n_groups > 1 and self.top_k > self.topk_groups * (self.n_experts // self.n_groups):
             _fail("top_k", self.top_k, "must fit in the experts of topk_groups groups")
         if self.variant == "peer":
+            if self.activation == "swiglu":
+                _fail("activation", "swiglu", "PEER's singleton experts allow gelu, relu")
             n_keys = math.isqrt(self.peer_experts)
             if n_keys * n_keys != self.peer_experts:
                 _fail("peer_experts", self.peer_experts, "must be a perfect square (N = n_keys**2)")
@@ -151,7 +155,7 @@ class LayerSpec:
             _fail("top_k", self.top_k, f"variant {self.variant!r} routes each token to one expert (top_k=1)")
         if self.variant == "gshard" and self.top_k != 2:
             _fail("top_k", self.top_k, "variant 'gshard' is top-2 (top_k=2)")
-        if self.variant in ("hash", "expert_choice") and self.noisy_gating:
+        if self.variant in ("hash", "expert_choice", "lifelong") and self.noisy_gating:
             _fail("noisy_gating", True, f"variant {self.variant!r} has no top-k gate to add noise to")
 
     # --- derived values ---------------------------------------------------------------------
