@@ -77,6 +77,18 @@ def test_flops_equal_torch_flop_counter(name):
     assert _counted_flops(spec, T) == T * matmul
 
 
+def test_training_flops_add_the_noise_matmul():
+    """Noisy gating's W_noise matmul runs in training only (Shazeer 2017); the counter sees it then."""
+    spec, T = SPECS["token_choice_noisy_gelu"], 8
+    torch.manual_seed(0)
+    layer = build_layer(spec).train()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        layer(torch.randn(T, D))
+    phases = acc.layer_flops_per_token(spec, training=True)
+    assert counter.get_total_flops() == T * (phases["router"] + phases["experts"])
+    assert phases["router"] == 2 * acc.layer_flops_per_token(spec)["router"]
+
+
 def test_flops_by_hand():
     spec = SPECS["deepseek"]  # swiglu: 3 matrices of D*F per expert, 2 shared experts of width 8
     f = acc.layer_flops_per_token(spec)
