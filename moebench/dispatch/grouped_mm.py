@@ -23,6 +23,8 @@ A assignments, S sorted kept assignments.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +52,8 @@ def grouped_mm_usable(x_TD: torch.Tensor, w_in_EID: torch.Tensor, w_out_EDF: tor
         # itself (after copying offs to the host), or in older versions refuses: use our loop then.
         if x_TD.dtype != torch.bfloat16 or torch.cuda.get_device_capability(x_TD.device)[0] not in (9, 10):
             return False
+    elif not _runs_on_cpu(x_TD.dtype):
+        return False
     # The weights go in as transposed views ([E, D, I] column-major, the layout the CUDA kernel
     # wants), so they must be contiguous and start on a 16-byte boundary.
     if not (w_in_EID.is_contiguous() and w_out_EDF.is_contiguous()):
@@ -58,6 +62,22 @@ def grouped_mm_usable(x_TD: torch.Tensor, w_in_EID: torch.Tensor, w_out_EDF: tor
         return False
     D, I, Fh = x_TD.shape[-1], w_in_EID.shape[1], w_out_EDF.shape[2]
     return all((n * x_TD.element_size()) % _ALIGN_BYTES == 0 for n in (D, I, Fh))
+
+
+@functools.cache
+def _runs_on_cpu(dtype: torch.dtype) -> bool:
+    """Whether this torch has a CPU grouped_mm for dtype, forward and backward (tried once, on 16-byte
+    aligned toy operands: CPU support arrived later than CUDA's)."""
+    # The first call may come under no_grad / inference_mode; the probe needs autograd regardless.
+    with torch.inference_mode(False), torch.enable_grad():
+        x_SD = torch.ones(3, 8, dtype=dtype, requires_grad=True)
+        w_EDI = torch.ones(2, 8, 8, dtype=dtype, requires_grad=True)
+        try:
+            out = _GROUPED_MM(x_SD, w_EDI, offs=torch.tensor([1, 3], dtype=torch.int32))
+            (out.float() * torch.ones(3, 8)).sum().backward()
+        except (RuntimeError, NotImplementedError):
+            return False
+    return bool(torch.all(out == 8).item())
 
 
 def _per_expert(x_SD: torch.Tensor, counts: list[int], w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor,

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moebench.dispatch import BACKENDS, get_backend
+from moebench.dispatch import grouped_mm as grouped_mm_module
 from moebench.dispatch.common import ffn
 from moebench.dispatch.grouped_mm import grouped_mm_usable, run_grouped_mm
 from moebench.dispatch.loop import run_loop
@@ -226,8 +227,11 @@ def test_padded_refuses_a_routing_over_its_capacity():
         run_padded(torch.randn(3, 4), routing, w_in, w_out, "relu")
 
 
-@pytest.mark.skipif(not hasattr(torch.nn.functional, "grouped_mm") and not hasattr(torch, "_grouped_mm"),
-                    reason="this torch has no grouped_mm")
+def _cpu_grouped_mm() -> bool:
+    return grouped_mm_module._GROUPED_MM is not None and grouped_mm_module._runs_on_cpu(torch.float32)
+
+
+@pytest.mark.skipif(not _cpu_grouped_mm(), reason="this torch has no CPU grouped_mm")
 def test_grouped_mm_path_choice_and_a_plain_sum_backward():
     """16-byte-aligned row strides take torch grouped_mm; others fall back. Both give loop's gradient,
     also for y.sum(), whose stride-0 gradient grouped_mm's backward rejects if it ever reaches it."""
@@ -246,3 +250,18 @@ def test_grouped_mm_path_choice_and_a_plain_sum_backward():
             grads.append([leaf.grad for leaf in leaves])
         for got, want in zip(grads[1], grads[0], strict=True):
             assert_close_scaled(got, want, dtype, f"grouped_mm D={D} F={Fh} {dtype}")
+
+
+@pytest.mark.skipif(not _cpu_grouped_mm(), reason="this torch has no CPU grouped_mm")
+def test_grouped_mm_first_call_under_inference_mode_still_uses_grouped_mm():
+    """The once-per-process CPU probe needs autograd; a first call under inference_mode must not
+    leave it cached as 'unsupported'."""
+    gen = torch.Generator().manual_seed(4)
+    w_in, w_out = make_weights(3, 4, 4, "gelu", torch.float32, gen)
+    x = torch.randn(6, 4, generator=gen)
+    routing = token_choice(6, 3, 2, gen)
+    grouped_mm_module._runs_on_cpu.cache_clear()
+    with torch.inference_mode():
+        y = run_grouped_mm(x, routing, w_in, w_out, "gelu")
+    assert grouped_mm_usable(x, w_in, w_out)
+    assert_close_scaled(y, run_loop(x, routing, w_in, w_out, "gelu"), torch.float32, "inference_mode")
