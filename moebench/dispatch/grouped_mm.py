@@ -6,13 +6,14 @@ GEMM for w_in and ONE for w_out over the jagged expert groups (torch grouped_mm,
 
 and scale + scatter-add back in float32 like the loop backend.
 
-torch's grouped_mm is missing before torch 2.8 and, where present, needs every row stride of its
+torch's grouped_mm is missing in older torch (on CPU too in some) and, where present, needs every row stride of its
 operands, outputs and gradients to be a multiple of 16 bytes, i.e. D, I and F times the element size
 (measured on torch 2.13 CPU, fp32 / bf16 / fp16 alike: "strides should be multiple of 16 bytes",
 raised by the forward or only by the backward; fp32 with I=6 runs forward, then fails). Where it
 cannot run, the same sorted buffer goes through one GEMM pair per expert instead (sort_gather's
-loop). The choice is made once per call from shapes, dtype and device alone: no try/except, because
-a backward that would fail cannot be caught at forward time.
+loop). The choice is made once per call from shapes, dtype and device (plus a probe of CPU support,
+once per process and dtype), never by try/except around the call: a backward that will fail cannot
+be caught at forward time.
 
 Host syncs: one, the number of kept assignments (the gathered buffer's length); the fallback also
 reads the per-expert counts. On CUDA, sort_by_expert's bincount syncs too, and grouped_mm is used

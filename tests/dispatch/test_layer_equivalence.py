@@ -17,9 +17,9 @@ from dispatch_compare import assert_close_scaled
 from moebench.dispatch import BACKENDS
 from moebench.dispatch.common import torch_dtype
 from moebench.layers import VARIANTS, build_layer
-from moebench.spec import LayerSpec
+from moebench.spec import ROUTED_VARIANTS, LayerSpec
 
-ROUTED = [v for v in VARIANTS if v not in ("dense", "peer")]
+ROUTED = [v for v in VARIANTS if v in ROUTED_VARIANTS]  # all but dense and peer
 OTHER_BACKENDS = [name for name in BACKENDS if name != "loop"]
 SHAPES = {"one_token": (1, 4, 2), "k_equals_e": (6, 4, 4), "nine_tokens": (9, 4, 2)}  # (T, E, K)
 
