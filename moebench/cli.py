@@ -154,6 +154,76 @@ def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) ->
                f"expert_bias={spec.expert_bias}, dtype={spec.dtype}")
 
 
+# --- run ------------------------------------------------------------------------------------------
+
+EXIT_CASE_FAILED = 1
+EXIT_ENVIRONMENT = 3
+
+
+@cli.command("run")
+@click.argument("suite")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the layers run.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Override every case's dtype.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True,
+              help="Folder the results file (JSONL) is written to.")
+@click.option("--resume", is_flag=True, help="Continue the newest earlier run of this suite in --out, "
+              "skipping cases it already recorded.")
+@click.option("--filter", "filters", multiple=True, metavar="EXPR",
+              help="Keep cases where key=value holds (or whose id contains EXPR); repeatable, all must match.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (default: all cores); recorded with the results.")
+@click.option("--dry-run", is_flag=True, help="List the cases and their count; run nothing.")
+def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) -> None:
+    """Run SUITE (a bundled suite name or a path to a suite .yaml file)."""
+    from pathlib import Path
+
+    from moebench.runner import EnvironmentProblem, RunOptions, check_device, run_suite, select_cases
+    from moebench.suite import load_suite
+
+    loaded = load_suite(suite, overrides={"dtype": dtype} if dtype else None)
+    options = RunOptions(device=device, out_dir=Path(out_dir), resume=resume, filters=tuple(filters),
+                         threads=threads)
+    if dry_run:
+        cases = select_cases(loaded.cases, options.filters)
+        for case in cases:
+            click.echo(case.case_id)
+        click.echo(f"{len(cases)} cases in suite {loaded.name!r} ({loaded.path})")
+        return
+    try:
+        check_device(device)
+    except EnvironmentProblem as err:
+        click.echo(f"moebench: environment problem: {err}", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
+    click.echo(f"suite {loaded.name}: {loaded.description}", err=True)
+    summary = run_suite(loaded, options)
+    click.echo(summary_table(summary.records))
+    if summary.skipped:
+        click.echo(f"{summary.skipped} cases already recorded in this run were skipped (--resume)")
+    click.echo(f"results: {summary.path}")
+    if summary.failed:
+        click.echo(f"{len(summary.failed)} of {len(summary.records)} cases failed", err=True)
+        sys.exit(EXIT_CASE_FAILED)
+
+
+def summary_table(records: list[dict]) -> str:
+    """A plain-text table of the key numbers of each finished case."""
+    header = f"{'case':<60} {'status':<8} {'latency ms':>11} {'tokens/s':>11} {'of ceiling':>10} {'drop':>7}"
+    lines = [header, "-" * len(header)]
+
+    def num(metrics: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+        value = metrics.get(key)
+        return format(value * scale, fmt) if isinstance(value, (int, float)) else "-"
+
+    for r in records:
+        m = r.get("metrics", {})
+        lines.append(f"{r['case_id'][:60]:<60} {r['status']:<8} {num(m, 'latency_s', '11.3f', 1e3)} "
+                     f"{num(m, 'tokens_per_s', '11.0f')} {num(m, 'frac_of_ceiling', '10.1%')} "
+                     f"{num(m, 'drop_rate', '7.2%')}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     cli(prog_name="moebench")
 

@@ -7,8 +7,8 @@ Axis legend: T tokens, D model dim, F expert hidden dim, E experts, A assignment
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -53,16 +53,12 @@ def gshard_routing(logits_TE: torch.Tensor, u_T: torch.Tensor | None, capacity: 
         wanted_T2[:, 1] = 2 * gate_T2[:, 1].detach() > u_T
     token_A = torch.arange(T, device=logits_TE.device).repeat_interleave(2)
     expert_A, weight_A, wanted_A = idx_T2.reshape(-1), gate_T2.reshape(-1), wanted_T2.reshape(-1)
-    kept_A = wanted_A
+    routing = Routing(token_A=token_A, expert_A=expert_A, weight_A=weight_A, kept_A=wanted_A,
+                      n_tokens=T, n_experts=E)
     if capacity is not None:
-        # apply_capacity counts every listed assignment against capacity, so the randomly refused
-        # second choices go to a dummy expert E first: they must not take a slot.
-        key_A = torch.where(wanted_A, expert_A, torch.full_like(expert_A, E))
-        scratch = Routing(token_A, key_A, weight_A, wanted_A, T, E + 1)
-        kept_A = apply_capacity(scratch, capacity, drop_policy, score_A=weight_A,
-                                priority_A=token_choice_priority(T, 2, logits_TE.device)).kept_A
-    routing = Routing(token_A=token_A, expert_A=expert_A, weight_A=weight_A, kept_A=kept_A,
-                      n_tokens=T, n_experts=E, capacity=capacity)
+        # Randomly refused second choices (kept_A False) take no slot (apply_capacity).
+        routing = apply_capacity(routing, capacity, drop_policy, score_A=weight_A,
+                                 priority_A=token_choice_priority(T, 2, logits_TE.device))
     return routing, probs_TE, idx_T2
 
 

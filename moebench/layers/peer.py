@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebench.dispatch.common import activate, torch_dtype
+from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing, RoutingStats
 from moebench.spec import LayerSpec
 
@@ -101,10 +102,17 @@ class PEER(nn.Module):
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """x: [..., D] -> y: [..., D]. token_ids is accepted for interface parity and ignored."""
         x_TD = x.reshape(-1, x.shape[-1]).to(self.u_ND.dtype)
-        score_THK, idx_THK = self.retrieve(self.subkey_scores(self.queries(x_TD)))
-        gate_THK = self.gates(score_THK)
-        y_TD = self.experts(x_TD, gate_THK, idx_THK)
-        self.last_stats = self.stats(gate_THK, idx_THK) if self.collect_stats else None
+        with phase("query"):
+            q = self.queries(x_TD)
+        with phase("subkey_scores"):
+            s = self.subkey_scores(q)
+        with phase("candidate_topk"):
+            score_THK, idx_THK = self.retrieve(s)
+            gate_THK = self.gates(score_THK)
+        with phase("gather_experts"):
+            y_TD = self.experts(x_TD, gate_THK, idx_THK)
+        with phase("stats"):
+            self.last_stats = self.stats(gate_THK, idx_THK) if self.collect_stats else None
         return y_TD.to(x.dtype).reshape(x.shape)
 
     def stats(self, gate_THK: torch.Tensor, idx_THK: torch.Tensor) -> RoutingStats:

@@ -49,15 +49,14 @@ class TopKRouter(nn.Module):
             noise_std_TE = F.softplus(F.linear(x_TD, self.w_noise_ED).float())
             noisy_TE = logits_TE + torch.randn_like(logits_TE) * noise_std_TE
             top_TK, idx_TK = _select(noisy_TE, self.selection_offset_TE, K)
-            weight_TK = torch.softmax(top_TK, dim=-1)
+            weight_TK = score_TK = torch.softmax(top_TK, dim=-1)
             probs_TE = torch.zeros_like(logits_TE).scatter(1, idx_TK, weight_TK)  # G(x) of the paper
             aux["importance"] = importance_loss(probs_TE, spec.aux_loss_coef)
             aux["load"] = load_loss(logits_TE, noisy_TE, noise_std_TE, K, spec.aux_loss_coef)
         else:
             probs_TE = torch.softmax(logits_TE, -1) if spec.score_func == "softmax" else torch.sigmoid(logits_TE)
-            weight_TK, idx_TK = _select(probs_TE, self.selection_offset_TE, K)
-            if spec.renormalize:
-                weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
+            score_TK, idx_TK = _select(probs_TE, self.selection_offset_TE, K)
+            weight_TK = score_TK / score_TK.sum(-1, keepdim=True) if spec.renormalize else score_TK
             aux["load_balance"] = switch_load_balance(probs_TE, idx_TK, spec.aux_loss_coef)
         routing = Routing(
             token_A=torch.arange(T, device=x_TD.device).repeat_interleave(K),
@@ -68,7 +67,8 @@ class TopKRouter(nn.Module):
         )
         if spec.capacity_factor is not None:
             C = expert_capacity(spec.capacity_factor, T, E, K, spec.min_capacity)
-            routing = apply_capacity(routing, C, spec.drop_policy, score_A=routing.weight_A,
+            # `probs` ranks by the router's own score, before any renormalisation.
+            routing = apply_capacity(routing, C, spec.drop_policy, score_A=score_TK.reshape(-1),
                                      priority_A=token_choice_priority(T, K, x_TD.device))
         return routing
 
@@ -85,7 +85,8 @@ def cv_squared(v: torch.Tensor) -> torch.Tensor:
     """Squared coefficient of variation, 0 for fewer than two values (Shazeer 2017)."""
     if v.numel() < 2:
         return torch.zeros((), device=v.device)
-    return v.float().var() / (v.float().mean().square() + 1e-10)
+    # Population variance (divide by n), as Shazeer's tensor2tensor cv_squared does.
+    return v.float().var(unbiased=False) / (v.float().mean().square() + 1e-10)
 
 
 def importance_loss(gates_TE: torch.Tensor, coef: float) -> torch.Tensor:

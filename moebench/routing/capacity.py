@@ -16,7 +16,7 @@ from moebench.routing.assignment import Routing
 def expert_capacity(capacity_factor: float, n_tokens: int, n_experts: int, top_k: int,
                     min_capacity: int = 0) -> int:
     """C = ceil(CF * T * K / E), at least min_capacity."""
-    # round() first so that e.g. 1.25 * 4096 * 2 / 64 is exactly 160, not 160.00000000000003 -> 161
+    # round() first so float noise cannot add a slot: 1.1 * 100 / 110 is 1.0000000000000002, ceil -> 2
     return max(min_capacity, math.ceil(round(capacity_factor * n_tokens * top_k / n_experts, 9)))
 
 
@@ -61,7 +61,11 @@ def apply_capacity(routing: Routing, capacity: int, policy: str, score_A: torch.
         priority_A[order] = torch.arange(order.numel(), device=order.device)
     elif policy != "position":
         raise ValueError(f"drop_policy={policy!r} is invalid: allowed values are position, probs")
-    pos_A = position_in_expert(routing.expert_A, priority_A, routing.n_experts)
+    # Assignments already refused (e.g. GShard's random second choices) take no slot: count them
+    # under a spare expert index E that has no capacity limit applied.
+    E = routing.n_experts
+    slot_expert_A = torch.where(routing.kept_A, routing.expert_A, torch.full_like(routing.expert_A, E))
+    pos_A = position_in_expert(slot_expert_A, priority_A, E + 1)
     routing.kept_A = routing.kept_A & (pos_A < capacity)
     routing.capacity = capacity
     return routing

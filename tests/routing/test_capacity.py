@@ -146,8 +146,6 @@ def test_uniform_drop_fraction_matches_monte_carlo_through_topk_router(T, E, K, 
     assert abs(mean - expected) < 4 * sem + 1e-4, (mean, expected, sem)
 
 
-@pytest.mark.xfail(strict=True, reason="apply_capacity counts assignments already refused (kept_A=False) "
-                   "against capacity; gshard.py works around it with a dummy expert")
 def test_already_refused_assignments_take_no_capacity():
     # three assignments to expert 0; the first was refused before capacity (e.g. GShard's random policy)
     routing = Routing(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.ones(3),

@@ -67,10 +67,10 @@ def test_importance_cv_squared_is_zero_for_equal_importance():
     assert cv_squared(torch.ones(1) * 3).item() == 0.0  # fewer than two values
 
 
-def test_cv_squared_matches_naive_unbiased_variance_over_mean_squared():
+def test_cv_squared_matches_naive_population_variance_over_mean_squared():
     v = torch.tensor([1.0, 2.0, 4.0, 7.0])
     mean = sum(v.tolist()) / 4
-    var = sum((x - mean) ** 2 for x in v.tolist()) / 3  # torch.var default (Bessel-corrected)
+    var = sum((x - mean) ** 2 for x in v.tolist()) / 4  # divide by n, as tensor2tensor's cv_squared
     assert cv_squared(v).item() == pytest.approx(var / mean**2, rel=1e-6)
 
 
