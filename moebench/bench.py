@@ -33,8 +33,15 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     spec, work, plan = case.spec, case.workload, case.measure
     torch.manual_seed(work.seed)
     layer = build_layer(spec).to(device)
-    training = work.mode == "forward_backward"
+    if work.expand:
+        if not hasattr(layer, "expand"):
+            raise ValueError(f"workload.expand={work.expand}: variant {spec.variant!r} cannot add experts")
+        layer.expand(work.expand)
+        spec = layer.spec  # E grew
+    training = work.mode in ("forward_backward", "train_step")
     layer.train(training)
+    trainable = [p for p in layer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5) if work.mode == "train_step" else None
     dtype = torch_dtype(spec.dtype)
     B, T, D = work.batch, work.tokens, spec.d_model
     n_tokens = B * T
@@ -43,7 +50,7 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     inputs = [torch.randn(B, T, D, generator=gen).to(device=device, dtype=dtype)
               for _ in range(work.input_variants)]
     token_ids = [torch.randint(0, 32000, (B, T), generator=gen).to(device) for _ in range(work.input_variants)]
-    offsets, routing_info = _synthetic_routing(case, layer, n_tokens, device)
+    offsets, routing_info = _synthetic_routing(case, spec, layer, n_tokens, device)
 
     state = {"step": 0}
 
@@ -61,6 +68,8 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
         if training:
             y = layer(state["x"], token_ids=state["ids"])
             y.float().square().mean().backward()  # a real backward through experts and router
+            if optimizer is not None:
+                optimizer.step()
         else:
             with torch.inference_mode():
                 layer(state["x"], token_ids=state["ids"])
@@ -71,7 +80,15 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     record: dict[str, Any] = {"samples": {"latency_s": samples.raw},
                               "timing": {k: v for k, v in samples.to_dict().items() if k != "raw"},
                               "routing": routing_info}
-    metrics = _throughput_metrics(case, samples.median, n_tokens, training)
+    metrics = _throughput_metrics(spec, samples.median, n_tokens, training)
+    metrics["trainable_params"] = sum(p.numel() for p in trainable)
+    metrics["params"] = sum(p.numel() for p in layer.parameters())
+    if optimizer is not None:
+        metrics["optimizer_state_bytes"] = sum(t.numel() * t.element_size() for st in optimizer.state.values()
+                                               for t in st.values() if torch.is_tensor(t))
+    flops = accounting.layer_flops_per_token(spec)
+    routing_flops = flops.get("router", 0.0) + flops.get("combine", 0.0)
+    metrics["analytic_routing_flop_share"] = routing_flops / sum(flops.values())
 
     stats = getattr(layer, "last_stats", None)
     if stats is not None:
@@ -80,6 +97,9 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
         metrics["capacity"] = stats.capacity
     cap = accounting.capacity_report(spec, n_tokens)
     metrics["expected_drop_rate_uniform"] = cap["expected_drop_fraction"]
+    if stats is not None and stats.capacity:
+        # padded capacity buffers: the fraction of the E*C slots that hold no assignment
+        metrics["padding_waste"] = 1 - stats.kept_load_E.sum().item() / (stats.load_E.numel() * stats.capacity)
 
     if plan.phases:
         breakdown = phase_breakdown(step, device, repeats=5, setup=setup)
@@ -99,10 +119,11 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
         metrics["peak_bytes"] = peak.peak_bytes
         predicted = accounting.layer_bytes(spec, n_tokens)
         metrics["predicted_bytes_moved"] = sum(predicted.values())
+        metrics["predicted_dispatch_bytes"] = predicted.get("dispatch", 0.0)
         metrics["weight_bytes"] = sum(p.numel() * p.element_size() for p in layer.parameters())
 
     if plan.ceiling:
-        metrics.update(_ceiling_metrics(case, device, metrics, n_tokens, training, timer))
+        metrics.update(_ceiling_metrics(spec, device, metrics, n_tokens, training, timer))
     record["metrics"] = metrics
     return record
 
@@ -121,36 +142,35 @@ def _quiet_stderr():
         os.close(devnull)
 
 
-def _synthetic_routing(case: Case, layer, n_tokens: int, device: str):
+def _synthetic_routing(case: Case, spec, layer, n_tokens: int, device: str):
     """Forced selections per input variant when the workload names a distribution, else None."""
     work = case.workload
     if work.routing == "router":
         return None, {"name": "router", "seed": work.seed}
     router = getattr(layer, "router", None)
     if router is None or not hasattr(router, "selection_offset_TE"):
-        raise ValueError(f"workload.routing={work.routing!r}: variant {case.spec.variant!r} has no top-k "
+        raise ValueError(f"workload.routing={work.routing!r}: variant {spec.variant!r} has no top-k "
                          "selection to force; use routing: router")
     params = {"seed": work.seed, **work.routing_params}
     dist = make_distribution(work.routing, **params)
-    E, K = case.spec.n_experts, case.spec.top_k
+    E, K = spec.n_experts, spec.top_k
     offsets = [forcing_logits(dist.sample(n_tokens, E, K, step=i), E).to(device)
                for i in range(work.input_variants)]
     return offsets, describe(dist)
 
 
-def _throughput_metrics(case: Case, latency: float, n_tokens: int, training: bool) -> dict[str, Any]:
-    flops_per_token = accounting.layer_flops_per_token(case.spec, training=training)
+def _throughput_metrics(spec, latency: float, n_tokens: int, training: bool) -> dict[str, Any]:
+    flops_per_token = accounting.layer_flops_per_token(spec, training=training)
     forward = sum(flops_per_token.values()) * n_tokens
     flops = forward * (3 if training else 1)  # backward ~ 2x forward (accounting.py)
     return {"latency_s": latency, "tokens_per_s": n_tokens / latency, "flops": flops,
             "flops_per_s": flops / latency}
 
 
-def _ceiling_metrics(case: Case, device: str, metrics: dict, n_tokens: int, training: bool,
+def _ceiling_metrics(spec, device: str, metrics: dict, n_tokens: int, training: bool,
                      timer) -> dict[str, Any]:
     """The same run's ceiling: a dense GEMM of the same shapes (compute-bound layers) and the
     memory-copy bandwidth (PEER, memory-bound: its floor is the expert bytes it must read)."""
-    spec = case.spec
     if spec.variant == "peer":
         bandwidth = copy_bandwidth(64 * 2**20, device)
         floor_s = accounting.layer_bytes(spec, n_tokens)["expert_weights"] / bandwidth

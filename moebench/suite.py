@@ -8,11 +8,14 @@ A suite file is YAML data, never executed:
     grid:      {axis: [values, ...], ...}              # cartesian product
     zip:       [{axis: value, ...}, ...]               # rows varied together (crossed with grid)
     exclude:   [{axis: value, ...}, ...]               # drop cases matching all of a row
+    blocks:    [{grid, zip, exclude}, ...]             # instead of the three above: several grids,
+                                                       # their cases concatenated
     workload:  {tokens, batch, mode, routing, seed, input_variants}
     measure:   {warmup, min_samples, max_samples, budget_s, rel_ci, phases, memory, ceiling, timeout_s}
 
-An axis is a LayerSpec field, a workload field, `granularity` (Krajewski's transform applied to the
-base spec) or `baseline` (dense FFN with equal `active` or `total` parameters instead of the MoE).
+An axis is a LayerSpec field, a workload field, `preset` (start from a model preset's MoE layer, see
+`moebench list`; base and axis fields then override it), `granularity` (Krajewski's transform
+applied to the spec) or `baseline` (dense FFN with equal `active` or `total` parameters instead).
 Every error names the file and the field. Axis legend in names: T tokens, D model dim.
 """
 
@@ -33,8 +36,9 @@ from moebench.spec import LayerSpec
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 SUITE_KINDS = ("throughput", "memory", "granularity", "capacity", "peer", "models", "routers", "lifelong",
                "ci", "mixed")
-TOP_LEVEL_KEYS = ("description", "kind", "base", "grid", "zip", "exclude", "workload", "measure")
-MODES = ("forward", "forward_backward")
+BLOCK_KEYS = ("grid", "zip", "exclude")
+TOP_LEVEL_KEYS = ("description", "kind", "base", "workload", "measure", "blocks") + BLOCK_KEYS
+MODES = ("forward", "forward_backward", "train_step")
 BASELINES = ("none", "equal_active", "equal_total")
 
 
@@ -42,11 +46,12 @@ BASELINES = ("none", "equal_active", "equal_total")
 class Workload:
     tokens: int = 512  # tokens per batch element
     batch: int = 1
-    mode: str = "forward"  # forward (eval, no grad) | forward_backward (train mode, grads)
+    mode: str = "forward"  # forward (eval, no grad) | forward_backward (train mode) | train_step (+ AdamW step)
     routing: str = "router"  # "router" = the layer's own router; else a synthetic distribution name
     routing_params: dict = field(default_factory=dict)
     seed: int = 0
     input_variants: int = 4  # distinct inputs cycled between timed iterations
+    expand: int = 0  # lifelong: experts added with layer.expand() (old ones frozen) before measuring
 
     @property
     def n_tokens(self) -> int:
@@ -69,7 +74,7 @@ class MeasurePlan:
 WORKLOAD_FIELDS = {f.name for f in dataclasses.fields(Workload)}
 MEASURE_FIELDS = {f.name for f in dataclasses.fields(MeasurePlan)}
 SPEC_FIELDS = {f.name for f in dataclasses.fields(LayerSpec)}
-SPECIAL_AXES = {"granularity", "baseline"}
+SPECIAL_AXES = {"granularity", "baseline", "preset"}
 
 
 @dataclass(frozen=True)
@@ -135,37 +140,54 @@ def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Su
     _check_keys(path, "workload", workload, WORKLOAD_FIELDS)
     measure = _mapping(path, "measure", data.get("measure", {}))
     _check_keys(path, "measure", measure, MEASURE_FIELDS)
-    grid = _mapping(path, "grid", data.get("grid", {}))
     axes = SPEC_FIELDS | WORKLOAD_FIELDS | SPECIAL_AXES
-    _check_keys(path, "grid", grid, axes)
-    for axis, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise SuiteError(f"{path}: grid.{axis} must be a non-empty list of values")
-    zip_rows = _rows(path, "zip", data.get("zip", [{}]) or [{}], axes)
-    exclude_rows = _rows(path, "exclude", data.get("exclude", []), axes)
-
+    blocks = data.get("blocks")
+    if blocks is None:
+        blocks = [{k: data[k] for k in BLOCK_KEYS if k in data}]
+    elif any(k in data for k in BLOCK_KEYS) or not isinstance(blocks, list) or not blocks:
+        raise SuiteError(f"{path}: blocks must be a non-empty list of mappings with keys "
+                         + ", ".join(BLOCK_KEYS) + ", used instead of a top-level grid / zip / exclude")
     measure_plan = _build(path, "measure", MeasurePlan, measure)
     cases, seen = [], set()
-    for combo in itertools.product(*grid.values()):
-        for row in zip_rows:
-            params = {**dict(zip(grid.keys(), combo, strict=True)), **row}
-            if any(all(params.get(k) == v for k, v in ex.items()) for ex in exclude_rows):
-                continue
-            case = _make_case(path, base, workload, measure_plan, params, overrides or {})
-            if case.case_id in seen:
-                raise SuiteError(f"{path}: two cases share the id {case.case_id!r}; make the grid rows distinct")
-            seen.add(case.case_id)
-            cases.append(case)
+    for i, block in enumerate(blocks):
+        where = "" if "blocks" not in data else f"blocks[{i}]."
+        block = _mapping(path, where.rstrip(".") or "block", block)
+        _check_keys(path, where.rstrip("."), block, BLOCK_KEYS)
+        grid = _mapping(path, f"{where}grid", block.get("grid", {}))
+        _check_keys(path, f"{where}grid", grid, axes)
+        for axis, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise SuiteError(f"{path}: {where}grid.{axis} must be a non-empty list of values")
+        zip_rows = _rows(path, f"{where}zip", block.get("zip", [{}]) or [{}], axes)
+        exclude_rows = _rows(path, f"{where}exclude", block.get("exclude", []), axes)
+        for combo in itertools.product(*grid.values()):
+            for row in zip_rows:
+                params = {**dict(zip(grid.keys(), combo, strict=True)), **row}
+                if any(all(params.get(k) == v for k, v in ex.items()) for ex in exclude_rows):
+                    continue
+                case = _make_case(path, base, workload, measure_plan, params, overrides or {})
+                if case.case_id in seen:
+                    raise SuiteError(f"{path}: two cases share the id {case.case_id!r}; make the rows distinct")
+                seen.add(case.case_id)
+                cases.append(case)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Suite(path.stem, path, description, kind, cases, digest)
 
 
 def _make_case(path: Path, base: dict, workload: dict, plan: MeasurePlan, params: dict,
                overrides: dict) -> Case:
-    spec_fields = {**base, **{k: v for k, v in params.items() if k in SPEC_FIELDS}, **overrides}
+    where = f"{path}: case " + (",".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "default")
+    preset_fields = {}
+    if "preset" in params:
+        from moebench.presets import get_preset
+
+        try:
+            preset_fields = get_preset(params["preset"]).moe.to_dict()
+        except ValueError as err:
+            raise SuiteError(f"{where}: {err}") from None
+    spec_fields = {**preset_fields, **base, **{k: v for k, v in params.items() if k in SPEC_FIELDS}, **overrides}
     work_fields = {**workload, **{k: v for k, v in params.items() if k in WORKLOAD_FIELDS}}
     case_id = ",".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "default"
-    where = f"{path}: case {case_id}"
     try:
         spec = LayerSpec(**spec_fields)
         if "granularity" in params:
@@ -201,13 +223,15 @@ def _build(where: Any, section: str, cls: type, fields: dict):
         if obj.mode not in MODES:
             raise SuiteError(f"{where}: workload.mode={obj.mode!r} is invalid; allowed values are "
                              + ", ".join(MODES))
+        if not isinstance(obj.routing_params, dict):
+            raise SuiteError(f"{where}: workload.routing_params must be a mapping")
         if obj.tokens < 1 or obj.batch < 1 or obj.input_variants < 1:
             raise SuiteError(f"{where}: workload.tokens, batch and input_variants must be >= 1")
         if obj.routing != "router":
             from moebench.routing.distributions import make_distribution
 
             try:
-                make_distribution(obj.routing, **obj.routing_params)
+                make_distribution(obj.routing, **{"seed": obj.seed, **obj.routing_params})
             except ValueError as err:
                 raise SuiteError(f"{where}: workload.routing: {err}") from None
     return obj

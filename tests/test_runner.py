@@ -72,7 +72,9 @@ def test_cuda_without_cuda_is_an_environment_problem():
 
 
 def test_sigkill_then_resume_records_every_case_exactly_once(tmp_path):
+    # 300 samples per case make each case last a few tenths of a second, so the kill lands part-way.
     path = write_suite(tmp_path, "grid: {tokens: [8, 16, 24, 32, 40, 48, 56, 64]}\n")
+    path.write_text(path.read_text().replace("min_samples: 3, max_samples: 3", "min_samples: 300, max_samples: 300"))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "moebench.cli", "run", str(path), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
