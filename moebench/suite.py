@@ -13,8 +13,8 @@ A suite file is YAML data, never executed:
     workload:  {tokens, batch, mode, routing, seed, input_variants}
     measure:   {warmup, min_samples, max_samples, budget_s, rel_ci, phases, memory, ceiling, timeout_s}
 
-An axis is a LayerSpec field, a workload field, `preset` (start from a model preset's MoE layer, see
-`moebench list`; base and axis fields then override it), `granularity` (Krajewski's transform
+An axis is a LayerSpec field, a workload field, `preset` (a model preset's MoE layer, see `moebench
+list`: its fields, except backend and dtype, replace the base's; the case's axis fields replace its own), `granularity` (Krajewski's transform
 applied to the spec) or `baseline` (dense FFN with equal `active` or `total` parameters instead).
 Every error names the file and the field. Axis legend in names: T tokens, D model dim.
 """
@@ -182,10 +182,12 @@ def _make_case(path: Path, base: dict, workload: dict, plan: MeasurePlan, params
         from moebench.presets import get_preset
 
         try:
-            preset_fields = get_preset(params["preset"]).moe.to_dict()
+            # The preset defines the layer; how to run it (backend, dtype) stays the suite's choice.
+            preset_fields = {k: v for k, v in get_preset(params["preset"]).moe.to_dict().items()
+                             if k not in ("backend", "dtype")}
         except ValueError as err:
             raise SuiteError(f"{where}: {err}") from None
-    spec_fields = {**preset_fields, **base, **{k: v for k, v in params.items() if k in SPEC_FIELDS}, **overrides}
+    spec_fields = {**base, **preset_fields, **{k: v for k, v in params.items() if k in SPEC_FIELDS}, **overrides}
     work_fields = {**workload, **{k: v for k, v in params.items() if k in WORKLOAD_FIELDS}}
     case_id = ",".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "default"
     try:

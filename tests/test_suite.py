@@ -77,3 +77,15 @@ def test_unknown_suite_name_lists_the_bundled_ones():
 def test_every_bundled_suite_is_valid(name):
     suite = load_suite(name)
     assert suite.cases and suite.description
+
+
+def test_preset_axis_replaces_the_base_layer_and_axis_fields_replace_the_preset(tmp_path):
+    path = write(tmp_path, """
+        base: {d_model: 32, d_ff: 64, n_experts: 4, top_k: 2, backend: loop}
+        zip: [{preset: mixtral-8x7b}, {preset: deepseek-v2-lite, backend: grouped_mm}]
+    """)
+    mixtral, lite = load_suite(str(path)).cases
+    spec = mixtral.spec
+    assert (spec.d_model, spec.d_ff, spec.n_experts, spec.top_k) == (4096, 14336, 8, 2)
+    assert mixtral.spec.backend == "loop"  # the preset does not name a backend, so the base's stays
+    assert (lite.spec.n_experts, lite.spec.n_shared, lite.spec.backend) == (64, 2, "grouped_mm")
