@@ -20,13 +20,14 @@ from moebench.dispatch.common import ffn, torch_dtype
 from moebench.layers import build_layer
 from moebench.measure.ceilings import copy_bandwidth
 from moebench.measure.memory import peak_memory
+from moebench.measure.nvml import NvmlSampler, cuda_uuid
 from moebench.measure.phases import phase_breakdown
 from moebench.measure.timers import make_timer, measure
 from moebench.routing.distributions import describe, forcing_logits, make_distribution
 from moebench.suite import Case
 
 # Phases that are routing overhead rather than expert compute (DESIGN.md: routing_frac).
-ROUTING_PHASES = ("router", "dispatch", "combine", "stats")
+ROUTING_PHASES = ("router", "dispatch", "combine", "query", "subkey_scores", "candidate_topk")
 
 
 def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
@@ -51,6 +52,7 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
               for _ in range(work.input_variants)]
     token_ids = [torch.randint(0, 32000, (B, T), generator=gen).to(device) for _ in range(work.input_variants)]
     offsets, routing_info = _synthetic_routing(case, spec, layer, n_tokens, device)
+    _set_collect_stats(layer, False)  # routing statistics are collected once, after timing
 
     state = {"step": 0}
 
@@ -75,11 +77,13 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
                 layer(state["x"], token_ids=state["ids"])
 
     timer = make_timer(device)
-    samples = measure(step, timer, warmup=plan.warmup, min_samples=plan.min_samples,
-                      max_samples=plan.max_samples, budget_s=plan.budget_s, rel_ci_target=plan.rel_ci, setup=setup)
+    with _gpu_sampler(device) as gpu:  # clocks, power, energy, throttling while the samples run
+        samples = measure(step, timer, warmup=plan.warmup, min_samples=plan.min_samples,
+                          max_samples=plan.max_samples, budget_s=plan.budget_s, rel_ci_target=plan.rel_ci,
+                          setup=setup)
     record: dict[str, Any] = {"samples": {"latency_s": samples.raw},
                               "timing": {k: v for k, v in samples.to_dict().items() if k != "raw"},
-                              "routing": routing_info}
+                              "routing": routing_info, "gpu": gpu.summary}
     metrics = _throughput_metrics(spec, samples.median, n_tokens, training)
     metrics["trainable_params"] = sum(p.numel() for p in trainable)
     metrics["params"] = sum(p.numel() for p in layer.parameters())
@@ -90,6 +94,9 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     routing_flops = flops.get("router", 0.0) + flops.get("combine", 0.0)
     metrics["analytic_routing_flop_share"] = routing_flops / sum(flops.values())
 
+    _set_collect_stats(layer, True)
+    setup()
+    step()  # one more forward, untimed, for its routing statistics
     stats = getattr(layer, "last_stats", None)
     if stats is not None:
         metrics.update(stats.summary())
@@ -142,6 +149,11 @@ def _quiet_stderr():
         os.close(devnull)
 
 
+def _set_collect_stats(layer, on: bool) -> None:
+    if hasattr(layer, "collect_stats"):
+        layer.collect_stats = on
+
+
 def _synthetic_routing(case: Case, spec, layer, n_tokens: int, device: str):
     """Forced selections per input variant when the workload names a distribution, else None."""
     work = case.workload
@@ -171,15 +183,45 @@ def _ceiling_metrics(spec, device: str, metrics: dict, n_tokens: int, training: 
                      timer) -> dict[str, Any]:
     """The same run's ceiling: a dense GEMM of the same shapes (compute-bound layers) and the
     memory-copy bandwidth (PEER, memory-bound: its floor is the expert bytes it must read)."""
+    bandwidth = machine_copy_bandwidth(device)
+    bytes_moved = accounting.layer_bytes(spec, n_tokens)
+    out = {"copy_bandwidth_bytes_per_s": bandwidth,
+           # time to move the predicted bytes once at copy bandwidth: the memory roofline
+           "bandwidth_floor_s": sum(bytes_moved.values()) / bandwidth}
     if spec.variant == "peer":
-        bandwidth = copy_bandwidth(64 * 2**20, device)
-        floor_s = accounting.layer_bytes(spec, n_tokens)["expert_weights"] / bandwidth
-        return {"copy_bandwidth_bytes_per_s": bandwidth, "floor_s": floor_s,
-                "frac_of_ceiling": floor_s / metrics["latency_s"]}
+        # PEER is memory-bound: its floor is the expert rows it must read (REFERENCE.md)
+        floor_s = bytes_moved["expert_weights"] / bandwidth
+        out.update(floor_s=floor_s, frac_of_ceiling=floor_s / metrics["latency_s"])
+        return out
     ceiling = dense_ffn_rate(spec, n_tokens, device, training, timer)
     expert_flops = accounting.layer_flops_per_token(spec, training)["experts"] * n_tokens * (3 if training else 1)
     achieved = expert_flops / metrics["latency_s"]
-    return {"ceiling_flops_per_s": ceiling, "frac_of_ceiling": achieved / ceiling if ceiling > 0 else None}
+    out.update(ceiling_flops_per_s=ceiling, frac_of_ceiling=achieved / ceiling if ceiling > 0 else None)
+    return out
+
+
+_BANDWIDTH: dict[str, float] = {}
+
+
+def machine_copy_bandwidth(device: str) -> float:
+    """Memory-copy bandwidth, measured once per worker process and device (it does not depend on the
+    case, and 256 MiB copies cost a few hundred ms on a CPU)."""
+    if device not in _BANDWIDTH:
+        _BANDWIDTH[device] = copy_bandwidth(256 * 2**20, device)
+    return _BANDWIDTH[device]
+
+
+def _gpu_sampler(device: str):
+    if device == "cuda":
+        return NvmlSampler(0.05, cuda_uuid(torch.device("cuda", torch.cuda.current_device())))
+    return _NoGpu()
+
+
+class _NoGpu(contextlib.AbstractContextManager):
+    summary = {"available": False, "reason": "device cpu"}
+
+    def __exit__(self, *exc):
+        return False
 
 
 def dense_ffn_rate(spec, n_tokens: int, device: str, training: bool, timer) -> float:

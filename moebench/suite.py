@@ -13,9 +13,10 @@ A suite file is YAML data, never executed:
     workload:  {tokens, batch, mode, routing, seed, input_variants}
     measure:   {warmup, min_samples, max_samples, budget_s, rel_ci, phases, memory, ceiling, timeout_s}
 
-An axis is a LayerSpec field, a workload field, `preset` (a model preset's MoE layer, see `moebench
-list`: its fields, except backend and dtype, replace the base's; the case's axis fields replace its own), `granularity` (Krajewski's transform
-applied to the spec) or `baseline` (dense FFN with equal `active` or `total` parameters instead).
+An axis is a LayerSpec field, a workload field, `preset` (a model preset's MoE layer, see
+`moebench list`: its fields, except backend and dtype, replace the base's, and the case's own axis
+fields replace the preset's), `granularity` (Krajewski's transform applied to the spec) or
+`baseline` (a dense FFN with equal `active` or `total` parameters instead of the MoE).
 Every error names the file and the field. Axis legend in names: T tokens, D model dim.
 """
 

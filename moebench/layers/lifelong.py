@@ -170,5 +170,5 @@ class LifelongMoE(RoutedMoE):
         if self.training and self.spec.lifelong_distill > 0 and self.n_frozen > 0:
             y_prev_TD = self.previous_output(x.reshape(-1, x.shape[-1]))
             gap = (y.reshape(y_prev_TD.shape).float() - y_prev_TD.float()).square().mean()
-            self.last_stats.aux_losses["distill"] = self.spec.lifelong_distill * gap
+            self.aux_losses["distill"] = self.spec.lifelong_distill * gap  # the same dict as last_stats
         return y

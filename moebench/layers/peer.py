@@ -111,8 +111,7 @@ class PEER(nn.Module):
             gate_THK = self.gates(score_THK)
         with phase("gather_experts"):
             y_TD = self.experts(x_TD, gate_THK, idx_THK)
-        with phase("stats"):
-            self.last_stats = self.stats(gate_THK, idx_THK) if self.collect_stats else None
+        self.last_stats = self.stats(gate_THK, idx_THK) if self.collect_stats else None
         return y_TD.to(x.dtype).reshape(x.shape)
 
     def stats(self, gate_THK: torch.Tensor, idx_THK: torch.Tensor) -> RoutingStats:

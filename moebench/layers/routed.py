@@ -4,7 +4,9 @@
 
 A variant is a router (a module x_TD -> Routing, see moebench.routing.assignment) plugged into this
 skeleton; capacity and drops are the router's business, dispatch is the backend's. After every
-forward, `last_stats` holds the RoutingStats of that forward (loads, drops, aux losses).
+forward, `aux_losses` holds that forward's aux losses (for training) and, while `collect_stats` is
+True, `last_stats` its RoutingStats (loads, drops). Benchmarks switch collect_stats off while timing:
+the statistics are moebench's bookkeeping, not a cost of the design being measured.
 Axis legend: T tokens, D model dim.
 """
 
@@ -34,6 +36,8 @@ class RoutedMoE(nn.Module):
             if spec.shared_gate:
                 self.shared_gate = nn.Linear(spec.d_model, 1, bias=False, dtype=torch_dtype(spec.dtype))
         self.last_stats: RoutingStats | None = None
+        self.aux_losses: dict[str, torch.Tensor] = {}
+        self.collect_stats = True
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """x: [..., D] -> y: [..., D]. token_ids ([...], int) are needed by hash routing only."""
@@ -51,12 +55,11 @@ class RoutedMoE(nn.Module):
                 if self.shared_gate is not None:
                     shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
                 y_TD = y_TD + shared_TD
-        with phase("stats"):
-            self.last_stats = RoutingStats.from_routing(routing)
+        self.aux_losses = routing.aux_losses
+        self.last_stats = RoutingStats.from_routing(routing) if self.collect_stats else None
         return y_TD.reshape(x.shape)
 
     def aux_loss(self) -> torch.Tensor:
         """Sum of the aux losses of the last forward (0 if it had none)."""
-        assert self.last_stats is not None, "call forward first"
-        losses = list(self.last_stats.aux_losses.values())
+        losses = list(self.aux_losses.values())
         return torch.stack(losses).sum() if losses else torch.zeros(())

@@ -63,7 +63,7 @@ class RoutingStats:
             n_tokens=T,
             n_assignments=routing.n_assignments,
             capacity=routing.capacity,
-            aux_losses={k: v for k, v in routing.aux_losses.items()},
+            aux_losses=routing.aux_losses,  # shared, so losses added after the forward show here too
         )
 
     def summary(self) -> dict[str, float]:

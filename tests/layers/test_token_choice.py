@@ -161,3 +161,11 @@ def test_switch_capacity_drops_overflow_tokens_to_zero_output(policy):
     assert stats.kept_load_E.max().item() <= C
     dropped = torch.tensor([not k[0] for k in kept])
     assert torch.all(y[dropped] == 0)  # a dropped token gets nothing from the layer (residual only)
+
+
+def test_collect_stats_off_keeps_aux_losses_for_training():
+    layer = make(6, top_k=2, n_experts=4)
+    layer.collect_stats = False
+    layer.train()(torch.randn(10, 12)).sum().backward()
+    assert layer.last_stats is None
+    assert set(layer.aux_losses) == {"z_loss", "load_balance"} and layer.aux_loss().requires_grad
