@@ -48,6 +48,11 @@ def list_cmd() -> None:
         flags.append("host-syncs" if backend.host_syncs else "no-host-sync")
         click.echo(f"  {name:<14} {backend.description}  [{', '.join(f for f in flags if f)}]")
     _echo_presets()
+    from moebench.suite import bundled_suites, load_suite
+
+    click.echo("suites:")
+    for name in bundled_suites():
+        click.echo(f"  {name:<14} {load_suite(name).description}")
 
 
 def _echo_presets() -> None:
@@ -152,6 +157,21 @@ def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) ->
                f"{shared}, {spec.score_func} scores, renormalize={spec.renormalize}, "
                f"routed_scaling={spec.routed_scaling}, groups {spec.topk_groups}/{spec.n_groups}, "
                f"expert_bias={spec.expert_bias}, dtype={spec.dtype}")
+
+
+# --- env ------------------------------------------------------------------------------------------
+
+@cli.command("env")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: all cores.")
+def env_cmd(device, threads) -> None:
+    """Print what every result records about this machine (JSON)."""
+    import json
+    import os
+
+    from moebench.measure.environment import capture_environment
+
+    click.echo(json.dumps(capture_environment(device, threads or os.cpu_count() or 1), indent=2, default=str))
 
 
 # --- run ------------------------------------------------------------------------------------------
