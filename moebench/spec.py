@@ -29,7 +29,7 @@ VARIANTS = (
     "lifelong",  # Chen 2023: expandable experts, old experts and gate rows frozen
 )
 ROUTED_VARIANTS = tuple(v for v in VARIANTS if v not in ("dense", "peer"))
-BACKEND_NAMES = ("loop", "sort_gather", "grouped_mm", "padded")
+BACKEND_NAMES = ("loop", "sort_gather", "grouped_mm", "padded", "triton")
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 DTYPES = ("float32", "bfloat16", "float16")
 DROP_POLICIES = ("position", "probs")
