@@ -1,0 +1,68 @@
+"""One case measured for real: the metric contract, forced routing, phases adding up."""
+
+import time
+
+import pytest
+import torch
+
+from moebench.bench import run_case
+from moebench.layers import build_layer
+from moebench.measure.phases import phase_breakdown
+from moebench.measure.timers import fixed_threads
+from moebench.routing.capacity import expected_drop_fraction_uniform
+from moebench.routing.distributions import forcing_logits, make_distribution
+from moebench.spec import LayerSpec
+from moebench.suite import Case, MeasurePlan, Workload
+
+CONTRACT = ("latency_s", "tokens_per_s", "peak_bytes", "flops", "frac_of_ceiling", "drop_rate",
+            "tokens_dropped_frac", "load_max_over_mean", "load_cv", "dead_experts", "routing_frac")
+
+
+def test_run_case_reports_every_contract_metric():
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, capacity_factor=1.0)
+    case = Case("c", {}, spec, Workload(tokens=64, routing="zipf", routing_params={"alpha": 1.5}),
+                MeasurePlan(warmup=1, min_samples=3, max_samples=3, budget_s=0.05))
+    record = run_case(case, "cpu", threads=1)
+    metrics = record["metrics"]
+    for name in CONTRACT:
+        assert metrics.get(name) is not None, name
+    assert len(record["samples"]["latency_s"]) == 3
+    assert record["routing"]["name"] == "zipf" and record["routing"]["params"] == {"alpha": 1.5}
+    assert metrics["drop_rate"] > 0  # zipf(1.5) overloads expert 0 at CF 1
+    assert sum(record["loads"]) == round(64 * 2 * (1 - metrics["drop_rate"]))
+    assert record["gpu"]["available"] is False
+
+
+def test_forced_uniform_routing_drops_what_the_binomial_predicts():
+    """T=4096, E=64, K=1, CF=1 (REFERENCE.md: about 4.9%), through the real router + capacity."""
+    T, E, K = 4096, 64, 1
+    spec = LayerSpec(d_model=16, d_ff=16, n_experts=E, top_k=K, capacity_factor=1.0, backend="padded")
+    layer = build_layer(spec).eval()
+    dist = make_distribution("uniform", seed=3)
+    rates = []
+    with torch.no_grad():
+        for step in range(8):
+            layer.router.selection_offset_TE = forcing_logits(dist.sample(T, E, K, step=step), E)
+            layer(torch.randn(T, 16))
+            rates.append(layer.last_stats.summary()["drop_rate"])
+    expected = expected_drop_fraction_uniform(T, E, K, 1.0)
+    assert expected == pytest.approx(0.049, abs=0.001)
+    mean = sum(rates) / len(rates)
+    # the per-batch rate has sd ~0.3 points here; 8 batches: sd of the mean ~0.1 point
+    assert mean == pytest.approx(expected, abs=0.005)
+
+
+def test_phases_of_a_real_layer_add_up_to_its_uninstrumented_total():
+    spec = LayerSpec(d_model=256, d_ff=512, n_experts=8, top_k=2, backend="sort_gather")
+    layer = build_layer(spec).eval()
+    x = torch.randn(2048, 256)
+
+    def step():
+        with torch.inference_mode():
+            layer(x)
+
+    # One thread and thread CPU time: the sum is then insensitive to other processes on a shared runner.
+    with fixed_threads(1):
+        breakdown = phase_breakdown(step, "cpu", repeats=7, clock=time.thread_time)
+    assert set(breakdown.phases) >= {"router", "dispatch", "experts", "combine"}
+    assert 0.9 <= breakdown.ratio <= 1.1, breakdown
