@@ -202,7 +202,7 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
     from moebench.runner import EnvironmentProblem, RunOptions, check_device, run_suite, select_cases
     from moebench.suite import load_suite
 
-    loaded = load_suite(suite, overrides={"dtype": dtype} if dtype else None)
+    loaded = load_suite(suite, overrides={"dtype": dtype} if dtype else None, device=device)
     options = RunOptions(device=device, out_dir=Path(out_dir), resume=resume, filters=tuple(filters),
                          threads=threads)
     if dry_run:

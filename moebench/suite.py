@@ -10,6 +10,7 @@ A suite file is YAML data, never executed:
     exclude:   [{axis: value, ...}, ...]               # drop cases matching all of a row
     blocks:    [{grid, zip, exclude}, ...]             # instead of the three above: several grids,
                                                        # their cases concatenated
+    on_cuda:   {workload: {..}, measure: {..}, extra_blocks: [..]}   # with --device cuda only
     workload:  {tokens, batch, mode, routing, seed, input_variants}
     measure:   {warmup, min_samples, max_samples, budget_s, rel_ci, phases, memory, ceiling, timeout_s}
 
@@ -38,7 +39,8 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 SUITE_KINDS = ("throughput", "memory", "granularity", "capacity", "peer", "models", "routers", "lifelong",
                "ci", "mixed")
 BLOCK_KEYS = ("grid", "zip", "exclude")
-TOP_LEVEL_KEYS = ("description", "kind", "base", "workload", "measure", "blocks") + BLOCK_KEYS
+TOP_LEVEL_KEYS = ("description", "kind", "base", "workload", "measure", "blocks", "on_cuda") + BLOCK_KEYS
+ON_CUDA_KEYS = ("workload", "measure", "extra_blocks")
 MODES = ("forward", "forward_backward", "train_step")
 BASELINES = ("none", "equal_active", "equal_total")
 
@@ -119,8 +121,9 @@ def bundled_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
-def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Suite:
-    """Read, validate and expand a suite. overrides (e.g. dtype from --dtype) apply to every case."""
+def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None, device: str = "cpu") -> Suite:
+    """Read, validate and expand a suite. overrides (e.g. dtype from --dtype) apply to every case;
+    on device "cuda" the file's `on_cuda` section (bigger workloads, extra blocks) applies too."""
     path = resolve_suite_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -129,6 +132,7 @@ def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Su
     if not isinstance(data, dict):
         raise SuiteError(f"{path}: a suite file is a mapping with keys " + ", ".join(TOP_LEVEL_KEYS))
     _check_keys(path, "", data, TOP_LEVEL_KEYS)
+    data = _apply_device_section(path, data, device)
     kind = data.get("kind", "mixed")
     if kind not in SUITE_KINDS:
         raise SuiteError(f"{path}: kind={kind!r} is invalid; allowed values are " + ", ".join(SUITE_KINDS))
@@ -173,6 +177,25 @@ def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Su
                 cases.append(case)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Suite(path.stem, path, description, kind, cases, digest)
+
+
+def _apply_device_section(path: Path, data: dict, device: str) -> dict:
+    """Merge `on_cuda` into the suite when running on CUDA (sizes a CPU cannot afford)."""
+    section = _mapping(path, "on_cuda", data.get("on_cuda", {}))
+    _check_keys(path, "on_cuda", section, ON_CUDA_KEYS)
+    data = {k: v for k, v in data.items() if k != "on_cuda"}
+    if device != "cuda" or not section:
+        return data
+    for key in ("workload", "measure"):
+        if key in section:
+            data[key] = {**_mapping(path, key, data.get(key, {})), **_mapping(path, f"on_cuda.{key}", section[key])}
+    extra = section.get("extra_blocks", [])
+    if extra:
+        if not isinstance(extra, list):
+            raise SuiteError(f"{path}: on_cuda.extra_blocks must be a list of blocks")
+        blocks = data.pop("blocks", None) or [{k: data.pop(k) for k in BLOCK_KEYS if k in data}]
+        data["blocks"] = blocks + extra
+    return data
 
 
 def _make_case(path: Path, base: dict, workload: dict, plan: MeasurePlan, params: dict,

@@ -89,3 +89,18 @@ def test_preset_axis_replaces_the_base_layer_and_axis_fields_replace_the_preset(
     assert (spec.d_model, spec.d_ff, spec.n_experts, spec.top_k) == (4096, 14336, 8, 2)
     assert mixtral.spec.backend == "loop"  # the preset does not name a backend, so the base's stays
     assert (lite.spec.n_experts, lite.spec.n_shared, lite.spec.backend) == (64, 2, "grouped_mm")
+
+
+def test_on_cuda_section_applies_only_on_cuda(tmp_path):
+    path = write(tmp_path, """
+        base: {d_model: 32, d_ff: 64, n_experts: 4, top_k: 2}
+        workload: {tokens: 64}
+        grid: {backend: [loop]}
+        on_cuda:
+          workload: {tokens: 4096}
+          extra_blocks: [{grid: {backend: [grouped_mm]}}]
+    """)
+    cpu, cuda = load_suite(str(path)), load_suite(str(path), device="cuda")
+    assert [(c.case_id, c.workload.tokens) for c in cpu.cases] == [("backend=loop", 64)]
+    assert [(c.case_id, c.workload.tokens) for c in cuda.cases] == [("backend=loop", 4096),
+                                                                   ("backend=grouped_mm", 4096)]
