@@ -192,6 +192,32 @@ def layer_bytes(spec: LayerSpec, n_tokens: int, dtype: str | None = None) -> dic
     return out
 
 
+def layer_activation_bytes(spec: LayerSpec, n_tokens: int) -> dict[str, float]:
+    """Bytes a forward allocates beyond the weights, by part, if every intermediate stayed alive at
+    once: an upper bound for the peak of an unfused eager implementation (backends that free each
+    expert's intermediates before the next one peak lower). Compare with a measured peak_bytes.
+
+      router    logits and scores [T, E] in float32, selected indices and weights [A]
+      dispatch  the gathered copy of x in expert order [A, D] and the expert outputs [A, D]
+      experts   the in-projection [A, I] and activation [A, F]
+      combine   the weighted outputs and the float32 accumulator: [A, D] + [T, D] float32
+    PEER: queries, sub-key scores [T, H, 2, n_keys] float32, gathered u and v rows [T, H, k, D].
+    """
+    T = n_tokens
+    b = DTYPE_BYTES[spec.dtype]
+    D, F = spec.d_model, spec.d_ff
+    if spec.variant == "peer":
+        H, k = spec.peer_heads, spec.peer_k
+        return {"query": T * H * spec.d_key * FP32, "subkey_scores": T * H * 2 * spec.peer_n_keys * FP32,
+                "gathered_experts": 2 * T * H * k * D * b, "output": T * D * b}
+    I = 2 * F if spec.activation == "swiglu" else F
+    if spec.variant == "dense":
+        return {"experts": T * (I + F) * b, "output": T * D * b}
+    A = T * experts_per_token(spec)
+    return {"router": 2 * T * spec.n_experts * FP32 + A * (FP32 + INDEX),
+            "dispatch": 2 * A * D * b, "experts": A * (I + F) * b, "combine": A * D * FP32 + T * D * FP32}
+
+
 def capacity_report(spec: LayerSpec, n_tokens: int) -> dict[str, float | int | str | None]:
     """Capacity per expert and the drops uniform routing predicts (moebench.routing.capacity).
 

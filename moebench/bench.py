@@ -78,7 +78,7 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
 
     timer = make_timer(device)
     with _gpu_sampler(device) as gpu:  # clocks, power, energy, throttling while the samples run
-        samples = measure(step, timer, warmup=plan.warmup, min_samples=plan.min_samples,
+        samples = measure(injected_slowdown(step, device), timer, warmup=plan.warmup, min_samples=plan.min_samples,
                           max_samples=plan.max_samples, budget_s=plan.budget_s, rel_ci_target=plan.rel_ci,
                           setup=setup)
     record: dict[str, Any] = {"samples": {"latency_s": samples.raw},
@@ -127,6 +127,9 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
         predicted = accounting.layer_bytes(spec, n_tokens)
         metrics["predicted_bytes_moved"] = sum(predicted.values())
         metrics["predicted_dispatch_bytes"] = predicted.get("dispatch", 0.0)
+        activations = accounting.layer_activation_bytes(spec, n_tokens)
+        record["memory"]["predicted_activation_bytes"] = activations
+        metrics["predicted_activation_bytes_upper"] = sum(activations.values())
         metrics["weight_bytes"] = sum(p.numel() * p.element_size() for p in layer.parameters())
 
     if plan.ceiling:
@@ -134,6 +137,27 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     record["metrics"] = metrics
     return record
 
+
+def injected_slowdown(step, device: str):
+    """TESTING HOOK, never for real measurements: with MOEBENCH_INJECT_SLOWDOWN=F in the environment,
+    every timed step busy-waits an extra F times its own duration (F=0.15: 15% slower), so the CI
+    gate's power can be measured against a slowdown of known size (scripts/gate_quality.py, README
+    "CI regression gate"). Unset or 0: step itself, untouched."""
+    fraction = float(os.environ.get("MOEBENCH_INJECT_SLOWDOWN") or 0)
+    if fraction <= 0:
+        return step
+    import time
+
+    def slowed() -> None:
+        t0 = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()  # the step's own GPU time is part of what is stretched
+        end = time.perf_counter() + fraction * (time.perf_counter() - t0)
+        while time.perf_counter() < end:  # busy-wait: a sleep could be rounded up by the scheduler
+            pass
+
+    return slowed
 
 @contextlib.contextmanager
 def _quiet_stderr():

@@ -209,3 +209,27 @@ def test_roofline():
     big = LayerSpec(d_model=4096, d_ff=14336, n_experts=8, top_k=2, dtype="bfloat16")  # Mixtral layer, many tokens
     lr = acc.layer_roofline(big, 16384, peak_flops=1e15, bandwidth=3e12)
     assert lr.bound == "compute" and math.isclose(lr.time_s, lr.flops / 1e15)
+
+
+def test_activation_bytes_upper_bound_by_hand_and_above_a_measured_peak():
+    import torch
+
+    from moebench.accounting import layer_activation_bytes
+    from moebench.layers import build_layer
+    from moebench.measure.memory import peak_memory
+
+    spec = LayerSpec(d_model=64, d_ff=128, n_experts=4, top_k=2, backend="loop")
+    parts = layer_activation_bytes(spec, 256)
+    A = 256 * 2
+    assert parts == {"router": 2 * 256 * 4 * 4 + A * (4 + 8), "dispatch": 2 * A * 64 * 4,
+                     "experts": A * (256 + 128) * 4, "combine": A * 64 * 4 + 256 * 64 * 4}
+    layer = build_layer(spec).eval()
+    x = torch.randn(256, 64)
+
+    def step():
+        with torch.inference_mode():
+            layer(x)
+
+    step()
+    measured = peak_memory(step, "cpu").peak_bytes
+    assert 0 < measured <= sum(parts.values())
