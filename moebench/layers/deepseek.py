@@ -60,6 +60,7 @@ class DeepSeekRouter(nn.Module):
         # Selection-only bias (transformers' e_score_correction_bias); stays zero without expert_bias.
         self.register_buffer("bias_E", torch.zeros(E, dtype=torch.float32))
         self.register_buffer("load_since_update_E", torch.zeros(E, dtype=torch.float32), persistent=False)
+        self.selection_offset_TE: torch.Tensor | None = None  # synthetic routing (benchmarks), selection only
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
         spec, T, K, E = self.spec, x_TD.shape[0], self.spec.top_k, self.spec.n_experts
@@ -67,13 +68,14 @@ class DeepSeekRouter(nn.Module):
         logits_TE = F.linear(x_TD.float(), self.w_gate_ED.float())
         scores_TE = torch.softmax(logits_TE, -1) if spec.score_func == "softmax" else torch.sigmoid(logits_TE)
         choice_TE = scores_TE + self.bias_E if spec.expert_bias else scores_TE
+        if self.selection_offset_TE is not None:  # before the group mask, so forced experts' groups win
+            choice_TE = choice_TE + self.selection_offset_TE
         if spec.n_groups > 1:
             keep_TE = group_mask(choice_TE.detach(), spec.n_groups, spec.topk_groups, spec.score_func)
             choice_TE = choice_TE.masked_fill(~keep_TE, float("-inf"))
         idx_TK = choice_TE.detach().topk(K, dim=-1).indices
-        weight_TK = scores_TE.gather(1, idx_TK)  # from the un-biased scores: the bias never weights
-        if spec.renormalize:
-            weight_TK = weight_TK / (weight_TK.sum(-1, keepdim=True) + 1e-20)
+        score_TK = scores_TE.gather(1, idx_TK)  # from the un-biased scores: the bias never weights
+        weight_TK = score_TK / (score_TK.sum(-1, keepdim=True) + 1e-20) if spec.renormalize else score_TK
         if self.training and spec.expert_bias:
             with torch.no_grad():
                 self.load_since_update_E += torch.bincount(idx_TK.reshape(-1), minlength=E)[:E].float()
@@ -89,7 +91,7 @@ class DeepSeekRouter(nn.Module):
         )
         if spec.capacity_factor is not None:
             C = expert_capacity(spec.capacity_factor, T, E, K, spec.min_capacity)
-            routing = apply_capacity(routing, C, spec.drop_policy, score_A=routing.weight_A,
+            routing = apply_capacity(routing, C, spec.drop_policy, score_A=score_TK.reshape(-1),
                                      priority_A=token_choice_priority(T, K, x_TD.device))
         return routing
 
