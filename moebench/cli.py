@@ -159,6 +159,21 @@ def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) ->
                f"expert_bias={spec.expert_bias}, dtype={spec.dtype}")
 
 
+# --- report ---------------------------------------------------------------------------------------
+
+@cli.command("report")
+@click.argument("results", nargs=-1, required=True, metavar="RESULTS...")
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write; its PNGs go to NAME_files/ beside it. "
+                   "Default: reports/<suite>-<date>.html.")
+def report_cmd(results, out) -> None:
+    """HTML report (figures + tables) of RESULTS: results .jsonl files or folders; several runs are
+    shown side by side."""
+    from moebench.report import make_report
+
+    click.echo(f"report: {make_report(results, out)}")
+
+
 # --- env ------------------------------------------------------------------------------------------
 
 @cli.command("env")
