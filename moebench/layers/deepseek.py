@@ -24,16 +24,14 @@ Axis legend: T tokens, D model dim, E routed experts, K experts per token, G gro
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moebench.dispatch.common import torch_dtype
+from moebench.layers.experts import gate_weight
 from moebench.layers.routed import RoutedMoE
 from moebench.routing.assignment import Routing
-from moebench.routing.capacity import apply_capacity, expert_capacity, token_choice_priority
+from moebench.routing.capacity import apply_spec_capacity
 from moebench.routing.losses import switch_load_balance
 from moebench.spec import LayerSpec
 
@@ -55,15 +53,15 @@ class DeepSeekRouter(nn.Module):
     def __init__(self, spec: LayerSpec):
         super().__init__()
         self.spec = spec
-        E, D = spec.n_experts, spec.d_model
-        self.w_gate_ED = nn.Parameter(torch.randn(E, D, dtype=torch_dtype(spec.dtype)) / math.sqrt(D))
+        E = spec.n_experts
+        self.w_gate_ED = gate_weight(spec)
         # Selection-only bias (transformers' e_score_correction_bias); stays zero without expert_bias.
         self.register_buffer("bias_E", torch.zeros(E, dtype=torch.float32))
         self.register_buffer("load_since_update_E", torch.zeros(E, dtype=torch.float32), persistent=False)
         self.selection_offset_TE: torch.Tensor | None = None  # synthetic routing (benchmarks), selection only
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
-        spec, T, K, E = self.spec, x_TD.shape[0], self.spec.top_k, self.spec.n_experts
+        spec, K, E = self.spec, self.spec.top_k, self.spec.n_experts
         # Router math in fp32 on fp32 copies of both operands, as transformers' DeepSeek routers do.
         logits_TE = F.linear(x_TD.float(), self.w_gate_ED.float())
         scores_TE = torch.softmax(logits_TE, -1) if spec.score_func == "softmax" else torch.sigmoid(logits_TE)
@@ -82,18 +80,7 @@ class DeepSeekRouter(nn.Module):
         # E/(K*T) * count_i * mean_t s'_i summed == E * sum_i (count_i / (K*T)) * P_i: the Switch form.
         normalised_TE = scores_TE / scores_TE.sum(-1, keepdim=True)
         aux = {"load_balance": switch_load_balance(normalised_TE, idx_TK, spec.aux_loss_coef)}
-        routing = Routing(
-            token_A=torch.arange(T, device=x_TD.device).repeat_interleave(K),
-            expert_A=idx_TK.reshape(-1),
-            weight_A=weight_TK.reshape(-1),
-            kept_A=torch.ones(T * K, dtype=torch.bool, device=x_TD.device),
-            n_tokens=T, n_experts=E, aux_losses=aux,
-        )
-        if spec.capacity_factor is not None:
-            C = expert_capacity(spec.capacity_factor, T, E, K, spec.min_capacity)
-            routing = apply_capacity(routing, C, spec.drop_policy, score_A=score_TK.reshape(-1),
-                                     priority_A=token_choice_priority(T, K, x_TD.device))
-        return routing
+        return apply_spec_capacity(Routing.from_top_k(idx_TK, weight_TK, E, aux), spec, score_TK)
 
     @torch.no_grad()
     def update_bias(self) -> None:

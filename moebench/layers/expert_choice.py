@@ -15,13 +15,11 @@ Axis legend: T tokens, D model dim, E experts, k tokens per expert, A = E*k assi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moebench.dispatch.common import torch_dtype
+from moebench.layers.experts import gate_weight
 from moebench.layers.routed import RoutedMoE
 from moebench.routing.assignment import Routing
 from moebench.routing.capacity import expert_capacity
@@ -51,8 +49,7 @@ class ExpertChoiceRouter(nn.Module):
     def __init__(self, spec: LayerSpec):
         super().__init__()
         self.spec = spec
-        self.w_gate_ED = nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=torch_dtype(spec.dtype))
-                                      / math.sqrt(spec.d_model))
+        self.w_gate_ED = gate_weight(spec)
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
         logits_TE = F.linear(x_TD, self.w_gate_ED).float()  # router math in fp32

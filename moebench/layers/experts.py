@@ -60,3 +60,9 @@ class RoutedExperts(nn.Module):
 
     def forward(self, x_TD: torch.Tensor, routing: Routing) -> torch.Tensor:
         return self.backend.run(x_TD, routing, self.w_in_EID, self.w_out_EDF, self.activation)
+
+
+def gate_weight(spec: LayerSpec) -> nn.Parameter:
+    """A router's w_gate_ED [E, D]: N(0, 1/D), so logits start O(1) whatever D is."""
+    return nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=torch_dtype(spec.dtype))
+                        / math.sqrt(spec.d_model))

@@ -21,13 +21,11 @@ Axis legend: T tokens, D model dim, E experts, A = 2T assignments (token-major, 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moebench.dispatch.common import torch_dtype
+from moebench.layers.experts import gate_weight
 from moebench.layers.routed import RoutedMoE
 from moebench.routing.assignment import Routing
 from moebench.routing.capacity import apply_capacity, expert_capacity, token_choice_priority
@@ -66,8 +64,7 @@ class GShardRouter(nn.Module):
     def __init__(self, spec: LayerSpec):
         super().__init__()
         self.spec = spec
-        self.w_gate_ED = nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=torch_dtype(spec.dtype))
-                                      / math.sqrt(spec.d_model))
+        self.w_gate_ED = gate_weight(spec)
         self.selection_offset_TE: torch.Tensor | None = None
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:

@@ -32,7 +32,7 @@ from moebench.dispatch.common import torch_dtype
 from moebench.layers.experts import RoutedExperts
 from moebench.layers.routed import RoutedMoE
 from moebench.routing.assignment import Routing
-from moebench.routing.capacity import apply_capacity, expert_capacity, token_choice_priority
+from moebench.routing.capacity import apply_spec_capacity
 from moebench.routing.losses import router_z_loss, switch_load_balance
 from moebench.spec import LayerSpec
 
@@ -99,26 +99,14 @@ class LifelongRouter(nn.Module):
 
     def route(self, x_TD: torch.Tensor, w_gate_ED: torch.Tensor) -> Routing:
         """Top-K over the experts whose gate rows are given (all of them, or the frozen ones)."""
-        spec, T, K, E = self.spec, x_TD.shape[0], self.spec.top_k, w_gate_ED.shape[0]
+        spec, K, E = self.spec, self.spec.top_k, w_gate_ED.shape[0]
         logits_TE = F.linear(x_TD, w_gate_ED).float()
         probs_TE = torch.softmax(logits_TE, -1) if spec.score_func == "softmax" else torch.sigmoid(logits_TE)
-        weight_TK, idx_TK = probs_TE.topk(K, dim=-1)
-        if spec.renormalize:
-            weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
+        score_TK, idx_TK = probs_TE.topk(K, dim=-1)
+        weight_TK = score_TK / score_TK.sum(-1, keepdim=True) if spec.renormalize else score_TK
         aux = {"z_loss": router_z_loss(logits_TE, spec.z_loss_coef),
                "load_balance": switch_load_balance(probs_TE, idx_TK, spec.aux_loss_coef)}
-        routing = Routing(
-            token_A=torch.arange(T, device=x_TD.device).repeat_interleave(K),
-            expert_A=idx_TK.reshape(-1),
-            weight_A=weight_TK.reshape(-1),
-            kept_A=torch.ones(T * K, dtype=torch.bool, device=x_TD.device),
-            n_tokens=T, n_experts=E, aux_losses=aux,
-        )
-        if spec.capacity_factor is not None:
-            C = expert_capacity(spec.capacity_factor, T, E, K, spec.min_capacity)
-            routing = apply_capacity(routing, C, spec.drop_policy, score_A=routing.weight_A,
-                                     priority_A=token_choice_priority(T, K, x_TD.device))
-        return routing
+        return apply_spec_capacity(Routing.from_top_k(idx_TK, weight_TK, E, aux), spec, score_TK)
 
     def expand(self, n_new: int) -> None:
         self.gate.grow(1 / math.sqrt(self.spec.d_model), n_new)

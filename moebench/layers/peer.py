@@ -15,6 +15,11 @@ PEER-pytorch gives every head its own keys (`shared_keys=False`, G = H), needed 
 Experts (u, v) are always shared by the heads. All weights (BatchNorm too) are in the spec's dtype;
 queries are cast to float32 after the BatchNorm so scores, top-k and gates are float32 and both
 retrieval modes rank experts identically; gather and expert dot products run in the spec's dtype.
+The gather + expert step (moebench.kernels.peer_experts) never forms [T, H*K, D] in full: the v side
+is one embedding_bag, the u side runs `chunk_tokens` tokens at a time (None: as many as fit in 32 MiB
+of gathered rows), so its extra memory is chunk_tokens*H*K*D elements. `experts_impl` picks "torch"
+(default), "compile" (torch.compile'd gather-dot, CPU or GPU) or "triton" (one fused kernel; CUDA or
+the Triton interpreter); all give the same results and gradients.
 `last_stats` is a RoutingStats over the N experts (T*H*K assignments, all kept), or None when
 `collect_stats` is False (it costs two bincounts over N per forward).
 
@@ -30,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moebench.dispatch.common import activate, torch_dtype
+from moebench.dispatch.common import torch_dtype
+from moebench.kernels.peer_experts import peer_experts
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing, RoutingStats
 from moebench.spec import LayerSpec
@@ -53,6 +59,8 @@ class PEER(nn.Module):
         self.u_ND = nn.Parameter(torch.randn(N, D, dtype=dtype) / math.sqrt(D))
         self.v_ND = nn.Parameter(torch.randn(N, D, dtype=dtype) / math.sqrt(H * spec.peer_k))
         self.collect_stats = True
+        self.experts_impl = "torch"
+        self.chunk_tokens: int | None = None
         self.last_stats: RoutingStats | None = None
 
     # --- phases (timed one by one by the measurement code) -------------------------------------
@@ -66,10 +74,10 @@ class PEER(nn.Module):
 
     def subkey_scores(self, q_THPQ: torch.Tensor) -> torch.Tensor:
         """s_THPR[t, h, p, r] = q_THPQ[t, h, p] . keys[h or 0, p, r]: the 2*R sub-key scores per head."""
-        keys_GPRQ = self.keys_GPRQ.float()
-        if keys_GPRQ.shape[0] == 1:  # shared by the heads (paper)
-            return torch.einsum("thpq,prq->thpr", q_THPQ, keys_GPRQ[0])
-        return torch.einsum("thpq,hprq->thpr", q_THPQ, keys_GPRQ)
+        # One batched GEMM per (head, half) into a contiguous [H, P, T, R], returned as a [T, H, P, R]
+        # view: top-k then reads rows of R contiguous scores. Shared keys (G = 1) broadcast over H.
+        s_HPTR = torch.matmul(q_THPQ.permute(1, 2, 0, 3), self.keys_GPRQ.float().transpose(-1, -2))
+        return s_HPTR.permute(2, 0, 1, 3)
 
     def retrieve(self, s_THPR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-K experts per head: (score_THK float32, idx_THK int64 in [0, N)), expert index = a*R + b."""
@@ -78,8 +86,8 @@ class PEER(nn.Module):
         if self.spec.peer_retrieval == "brute":
             all_THN = (s1_THR.unsqueeze(-1) + s2_THR.unsqueeze(-2)).flatten(-2)  # [T, H, R*R]
             return all_THN.topk(K, dim=-1)
-        top1_THK, a_THK = s1_THR.topk(K, dim=-1)
-        top2_THK, b_THK = s2_THR.topk(K, dim=-1)
+        top1_THK, a_THK = s1_THR.topk(K, dim=-1, sorted=False)  # the candidate step sorts
+        top2_THK, b_THK = s2_THR.topk(K, dim=-1, sorted=False)
         cand_THC = (top1_THK.unsqueeze(-1) + top2_THK.unsqueeze(-2)).flatten(-2)  # C = K*K candidates
         idx_THC = (a_THK.unsqueeze(-1) * R + b_THK.unsqueeze(-2)).flatten(-2)
         score_THK, pick_THK = cand_THC.topk(K, dim=-1)
@@ -91,11 +99,9 @@ class PEER(nn.Module):
 
     def experts(self, x_TD: torch.Tensor, gate_THK: torch.Tensor, idx_THK: torch.Tensor) -> torch.Tensor:
         """Gather u, v rows and sum g_i * act(u_i . x) * v_i over heads and retrieved experts: [T, D]."""
-        u_THKD = F.embedding(idx_THK, self.u_ND)
-        v_THKD = F.embedding(idx_THK, self.v_ND)
-        h_THK = torch.einsum("td,thkd->thk", x_TD, u_THKD)
-        a_THK = activate(h_THK.float(), self.spec.activation) * gate_THK
-        return torch.einsum("thk,thkd->td", a_THK.to(v_THKD.dtype), v_THKD)
+        T = x_TD.shape[0]
+        return peer_experts(x_TD, self.u_ND, self.v_ND, idx_THK.reshape(T, -1), gate_THK.reshape(T, -1),
+                            self.spec.activation, impl=self.experts_impl, chunk_tokens=self.chunk_tokens)
 
     # --- forward --------------------------------------------------------------------------------
 

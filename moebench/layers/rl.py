@@ -18,16 +18,14 @@ Axis legend: T tokens, D model dim, E experts, A = T assignments.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moebench.dispatch.common import torch_dtype
+from moebench.layers.experts import gate_weight
 from moebench.layers.routed import RoutedMoE
 from moebench.routing.assignment import Routing
-from moebench.routing.capacity import apply_capacity, expert_capacity, token_choice_priority
+from moebench.routing.capacity import apply_spec_capacity
 from moebench.routing.losses import reinforce_loss, router_z_loss, switch_load_balance
 from moebench.spec import LayerSpec
 
@@ -39,13 +37,12 @@ class RLRouter(nn.Module):
             raise ValueError(f"LayerSpec.score_func={spec.score_func!r} is invalid for variant 'rl': "
                              "the router is a policy, allowed value is softmax")
         self.spec = spec
-        self.w_gate_ED = nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=torch_dtype(spec.dtype))
-                                      / math.sqrt(spec.d_model))
+        self.w_gate_ED = gate_weight(spec)
         self.last_log_prob_T: torch.Tensor | None = None  # log pi(e_t | x_t) of the last forward
         self.selection_offset_TE: torch.Tensor | None = None
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
-        spec, T, E = self.spec, x_TD.shape[0], self.spec.n_experts
+        spec, E = self.spec, self.spec.n_experts
         logits_TE = F.linear(x_TD, self.w_gate_ED).float()  # router math in fp32
         log_probs_TE = torch.log_softmax(logits_TE, dim=-1)
         probs_TE = log_probs_TE.exp()
@@ -56,20 +53,10 @@ class RLRouter(nn.Module):
         else:
             idx_T = probs_TE.detach().argmax(dim=-1)
         self.last_log_prob_T = log_probs_TE.gather(1, idx_T[:, None]).squeeze(1)
-        routing = Routing(
-            token_A=torch.arange(T, device=x_TD.device),
-            expert_A=idx_T,
-            weight_A=probs_TE.gather(1, idx_T[:, None]).squeeze(1),
-            kept_A=torch.ones(T, dtype=torch.bool, device=x_TD.device),
-            n_tokens=T, n_experts=E,
-            aux_losses={"load_balance": switch_load_balance(probs_TE, idx_T[:, None], spec.aux_loss_coef),
-                        "z_loss": router_z_loss(logits_TE, spec.z_loss_coef)},
-        )
-        if spec.capacity_factor is not None:
-            C = expert_capacity(spec.capacity_factor, T, E, 1, spec.min_capacity)
-            routing = apply_capacity(routing, C, spec.drop_policy, score_A=routing.weight_A,
-                                     priority_A=token_choice_priority(T, 1, x_TD.device))
-        return routing
+        aux = {"load_balance": switch_load_balance(probs_TE, idx_T[:, None], spec.aux_loss_coef),
+               "z_loss": router_z_loss(logits_TE, spec.z_loss_coef)}
+        score_T1 = probs_TE.gather(1, idx_T[:, None])
+        return apply_spec_capacity(Routing.from_top_k(idx_T[:, None], score_T1, E, aux), spec, score_T1)
 
     def reinforce_loss(self, reward_T: torch.Tensor, baseline: torch.Tensor | float | None = None) -> torch.Tensor:
         """REINFORCE loss for the experts sampled in the last forward (see the module docstring)."""

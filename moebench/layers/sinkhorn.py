@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moebench.dispatch.common import torch_dtype
+from moebench.layers.experts import gate_weight
 from moebench.layers.routed import RoutedMoE
 from moebench.routing.assignment import Routing
-from moebench.routing.capacity import apply_capacity, expert_capacity, token_choice_priority
+from moebench.routing.capacity import apply_spec_capacity
 from moebench.spec import LayerSpec
 
 
@@ -47,11 +47,10 @@ class SinkhornRouter(nn.Module):
     def __init__(self, spec: LayerSpec):
         super().__init__()
         self.spec = spec
-        self.w_gate_ED = nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=torch_dtype(spec.dtype))
-                                      / math.sqrt(spec.d_model))
+        self.w_gate_ED = gate_weight(spec)
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
-        spec, T, E = self.spec, x_TD.shape[0], self.spec.n_experts
+        spec, E = self.spec, self.spec.n_experts
         logits_TE = F.linear(x_TD, self.w_gate_ED).float()  # router math in fp32
         probs_TE = torch.softmax(logits_TE, -1) if spec.score_func == "softmax" else torch.sigmoid(logits_TE)
         if self.training:
@@ -59,18 +58,8 @@ class SinkhornRouter(nn.Module):
                 idx_T = sinkhorn_log(logits_TE, spec.sinkhorn_iters).argmax(dim=-1)
         else:
             idx_T = probs_TE.detach().argmax(dim=-1)
-        routing = Routing(
-            token_A=torch.arange(T, device=x_TD.device),
-            expert_A=idx_T,
-            weight_A=probs_TE.gather(1, idx_T[:, None]).squeeze(1),
-            kept_A=torch.ones(T, dtype=torch.bool, device=x_TD.device),
-            n_tokens=T, n_experts=E,
-        )
-        if spec.capacity_factor is not None:
-            C = expert_capacity(spec.capacity_factor, T, E, 1, spec.min_capacity)
-            routing = apply_capacity(routing, C, spec.drop_policy, score_A=routing.weight_A,
-                                     priority_A=token_choice_priority(T, 1, x_TD.device))
-        return routing
+        score_T1 = probs_TE.gather(1, idx_T[:, None])
+        return apply_spec_capacity(Routing.from_top_k(idx_T[:, None], score_T1, E), spec, score_T1)
 
 
 class SinkhornMoE(RoutedMoE):

@@ -13,16 +13,15 @@ Axis legend: T tokens, D model dim, E experts, K experts per token, A = T*K assi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from moebench.dispatch.common import torch_dtype
+from moebench.layers.experts import gate_weight
 from moebench.layers.routed import RoutedMoE
 from moebench.routing.assignment import Routing
-from moebench.routing.capacity import apply_capacity, expert_capacity, token_choice_priority
+from moebench.routing.capacity import apply_spec_capacity
 from moebench.routing.losses import router_z_loss, switch_load_balance
 from moebench.spec import LayerSpec
 
@@ -32,7 +31,7 @@ class TopKRouter(nn.Module):
         super().__init__()
         self.spec = spec
         dtype = torch_dtype(spec.dtype)
-        self.w_gate_ED = nn.Parameter(torch.randn(spec.n_experts, spec.d_model, dtype=dtype) / math.sqrt(spec.d_model))
+        self.w_gate_ED = gate_weight(spec)
         self.w_noise_ED = None
         if spec.noisy_gating:
             # Shazeer initialises the noise weights to zero: noise starts at softplus(0) = 0.69.
@@ -40,7 +39,7 @@ class TopKRouter(nn.Module):
         self.selection_offset_TE: torch.Tensor | None = None
 
     def forward(self, x_TD: torch.Tensor, token_ids: torch.Tensor | None = None) -> Routing:
-        spec, T, K, E = self.spec, x_TD.shape[0], self.spec.top_k, self.spec.n_experts
+        spec, K, E = self.spec, self.spec.top_k, self.spec.n_experts
         if self.training and spec.jitter > 0:
             x_TD = x_TD * torch.empty_like(x_TD).uniform_(1 - spec.jitter, 1 + spec.jitter)
         logits_TE = F.linear(x_TD, self.w_gate_ED).float()  # router math in fp32, as Mixtral does
@@ -58,19 +57,7 @@ class TopKRouter(nn.Module):
             score_TK, idx_TK = _select(probs_TE, self.selection_offset_TE, K)
             weight_TK = score_TK / score_TK.sum(-1, keepdim=True) if spec.renormalize else score_TK
             aux["load_balance"] = switch_load_balance(probs_TE, idx_TK, spec.aux_loss_coef)
-        routing = Routing(
-            token_A=torch.arange(T, device=x_TD.device).repeat_interleave(K),
-            expert_A=idx_TK.reshape(-1),
-            weight_A=weight_TK.reshape(-1),
-            kept_A=torch.ones(T * K, dtype=torch.bool, device=x_TD.device),
-            n_tokens=T, n_experts=E, aux_losses=aux,
-        )
-        if spec.capacity_factor is not None:
-            C = expert_capacity(spec.capacity_factor, T, E, K, spec.min_capacity)
-            # `probs` ranks by the router's own score, before any renormalisation.
-            routing = apply_capacity(routing, C, spec.drop_policy, score_A=score_TK.reshape(-1),
-                                     priority_A=token_choice_priority(T, K, x_TD.device))
-        return routing
+        return apply_spec_capacity(Routing.from_top_k(idx_TK, weight_TK, E, aux), spec, score_TK)
 
 
 def _select(scores_TE: torch.Tensor, offset_TE: torch.Tensor | None, K: int):

@@ -30,6 +30,16 @@ class Routing:
     def n_assignments(self) -> int:
         return self.token_A.numel()
 
+    @classmethod
+    def from_top_k(cls, idx_TK: torch.Tensor, weight_TK: torch.Tensor, n_experts: int,
+                   aux_losses: dict[str, torch.Tensor] | None = None) -> "Routing":
+        """Token-choice routing: K assignments per token, token-major (a = t*K + k), all kept."""
+        T, K = idx_TK.shape
+        return cls(token_A=torch.arange(T, device=idx_TK.device).repeat_interleave(K),
+                   expert_A=idx_TK.reshape(-1), weight_A=weight_TK.reshape(-1),
+                   kept_A=torch.ones(T * K, dtype=torch.bool, device=idx_TK.device),
+                   n_tokens=T, n_experts=n_experts, aux_losses=aux_losses or {})
+
 
 @dataclass
 class RoutingStats:

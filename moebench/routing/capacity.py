@@ -7,10 +7,14 @@ use other rules (REFERENCE.md: Mesh-TF, DeepSpeed); results record which rule an
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from moebench.routing.assignment import Routing
+
+if TYPE_CHECKING:
+    from moebench.spec import LayerSpec
 
 
 def expert_capacity(capacity_factor: float, n_tokens: int, n_experts: int, top_k: int,
@@ -69,6 +73,18 @@ def apply_capacity(routing: Routing, capacity: int, policy: str, score_A: torch.
     routing.kept_A = routing.kept_A & (pos_A < capacity)
     routing.capacity = capacity
     return routing
+
+
+def apply_spec_capacity(routing: Routing, spec: "LayerSpec", score_TK: torch.Tensor) -> Routing:
+    """The spec's capacity rule on token-major top-K routing: nothing when capacity_factor is None,
+    else C = ceil(CF*T*K/E) (at least min_capacity) under spec.drop_policy. score_TK is the router's
+    score of each choice before any renormalisation (what the `probs` policy ranks by)."""
+    if spec.capacity_factor is None:
+        return routing
+    T, K = score_TK.shape
+    C = expert_capacity(spec.capacity_factor, T, routing.n_experts, K, spec.min_capacity)
+    return apply_capacity(routing, C, spec.drop_policy, score_A=score_TK.reshape(-1),
+                          priority_A=token_choice_priority(T, K, score_TK.device))
 
 
 def expected_drop_fraction_uniform(n_tokens: int, n_experts: int, top_k: int, capacity_factor: float,
