@@ -159,6 +159,79 @@ def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) ->
                f"expert_bias={spec.expert_bias}, dtype={spec.dtype}")
 
 
+# --- compare --------------------------------------------------------------------------------------
+
+@cli.command("compare")
+@click.argument("runs", nargs=-1, metavar="[BASELINE CANDIDATE]")
+@click.option("--against", "rev", metavar="GIT_REV", default=None,
+              help="A/B mode: run the suite for GIT_REV and for the working tree here, interleaved.")
+@click.option("--suite", default="ci", show_default=True, help="A/B mode: the suite both sides run.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="A/B mode: alternating rounds per side.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="A/B mode: CPU threads per side (1 is steadiest on a shared runner).")
+@click.option("--filter", "filters", multiple=True, metavar="EXPR", help="A/B mode: as for `moebench run`.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="A/B mode: where the layers run.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="A/B mode: folder for every round's results and the merged baseline/candidate files "
+                   "(default results/ab-DATE).")
+@click.option("--inject-slowdown", type=click.FloatRange(min=0), default=0.0, hidden=True,
+              help="TESTING HOOK: slow the candidate by this fraction (gate-quality experiments only).")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help="Smallest slowdown (fraction) that can be called SLOW.")
+@click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Significance level of the Mann-Whitney test.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table",
+              show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Also list counters that did not change.")
+def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inject_slowdown, threshold, alpha,
+                fmt, show_all) -> None:
+    """Verdicts per case: SLOW / FAST / SAME / AMBIGUOUS for latency, exact checks of counters.
+
+    Exit 1 if anything is SLOW, a counter CHANGED or a case FAILED; exit 2 if the runs are not comparable."""
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from moebench import compare
+
+    try:
+        if rev is None:
+            if len(runs) != 2:
+                raise ValueError(f"compare takes BASELINE and CANDIDATE results files (got {len(runs)} paths), "
+                                 "or --against GIT_REV")
+            baseline, candidate = compare.load_run(runs[0]), compare.load_run(runs[1])
+        else:
+            if runs:
+                raise ValueError("give either BASELINE CANDIDATE or --against GIT_REV, not both")
+            from moebench.abtest import ABError, run_ab
+            from moebench.suite import load_suite
+
+            suite_path = load_suite(suite).path  # validated here, so a bad suite is exit 2 before any run
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            out = Path(out_dir or f"results/ab-{stamp}")
+            try:
+                result = run_ab(Path.cwd(), rev, suite_path, out, rounds=rounds, threads=threads, device=device,
+                                filters=tuple(filters), inject_slowdown=inject_slowdown,
+                                log=lambda line: click.echo(line, err=True))
+            except ABError as err:
+                raise ValueError(str(err)) from None
+            click.echo(f"merged results: {result.baseline_path} {result.candidate_path}", err=True)
+            baseline, candidate = result.baseline, result.candidate
+        verdicts = compare.compare_runs(baseline, candidate, threshold=threshold, alpha=alpha)
+    except compare.NotComparable as err:
+        click.echo(f"moebench: not comparable: {err}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if fmt == "json":
+        click.echo(compare.format_json(verdicts, threshold, alpha))
+    elif fmt == "markdown":
+        click.echo(compare.format_markdown(verdicts, threshold, alpha, everything=show_all))
+    else:
+        click.echo(compare.format_table(verdicts, everything=show_all))
+    if compare.gate_failed(verdicts):
+        sys.exit(EXIT_CASE_FAILED)
+
+
 # --- report ---------------------------------------------------------------------------------------
 
 @cli.command("report")

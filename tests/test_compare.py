@@ -1,0 +1,143 @@
+"""compare.py: verdict rules on constructed samples, exact counters, comparability, output, CLI exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from moebench import compare
+from moebench.cli import cli
+from moebench.compare import NotComparable, compare_runs, timing_verdict
+from moebench.store import ResultWriter
+
+
+def run_record(suite="ci", device="cpu"):
+    return {"schema": 1, "type": "run", "suite": suite, "options": {"device": device, "threads": 1}}
+
+
+def case_record(case_id, samples, status="ok", dtype="float32", seed=0, loads=(3, 5), **metrics):
+    base = {"flops": 1000.0, "drop_rate": 0.0, "tokens_dropped_frac": 0.0, "capacity": None, "params": 42}
+    return {"schema": 1, "type": "case", "case_id": case_id, "status": status, "error": None,
+            "spec": {"dtype": dtype}, "workload": {"seed": seed}, "loads": list(loads),
+            "samples": {"latency_s": list(samples)}, "metrics": {**base, **metrics}}
+
+
+def noisy(median, n=40, seed=0, spread=0.02):
+    return list(median * (1 + spread * np.random.default_rng(seed).standard_normal(n)))
+
+
+def test_verdicts_follow_the_rule():
+    base = noisy(1.0, seed=1)
+    assert timing_verdict("c", base, noisy(1.20, seed=2), 0.05, 0.01).verdict == "SLOW"
+    assert timing_verdict("c", base, noisy(0.80, seed=2), 0.05, 0.01).verdict == "FAST"
+    # a significant 2% change is below the threshold: SAME
+    v = timing_verdict("c", base, noisy(1.02, seed=2), 0.05, 0.01)
+    assert v.verdict == "SAME" and v.p_value < 0.01
+    # past the threshold on 3 samples a side: the test cannot agree (exact p >= 0.1)
+    v = timing_verdict("c", [1.0, 1.01, 0.99], [1.3, 1.31, 1.29], 0.05, 0.01)
+    assert v.verdict == "AMBIGUOUS" and v.p_value == pytest.approx(0.1)
+    assert timing_verdict("c", [1.0], [2.0], 0.05, 0.01).verdict == "AMBIGUOUS"
+
+
+def test_ratio_and_interval_are_reported():
+    v = timing_verdict("c", [1.0] * 10, [1.5] * 10, 0.05, 0.01)
+    assert v.ratio == pytest.approx(1.5) and (v.ci_low, v.ci_high) == (pytest.approx(1.5), pytest.approx(1.5))
+    assert v.verdict == "SLOW" and v.baseline == 1.0 and v.candidate == 1.5 and v.n_baseline == 10
+
+
+def test_every_round_must_agree_for_slow():
+    # round 0: candidate 30% slower; round 1: candidate 10% faster. Pooled it looks slower, but the
+    # rounds disagree, so the verdict is AMBIGUOUS, never SLOW.
+    base = noisy(1.0, 30, seed=1) + noisy(2.0, 30, seed=2)
+    cand = noisy(1.3, 30, seed=3) + noisy(1.8, 30, seed=4)
+    groups = [0] * 30 + [1] * 30
+    assert compare.round_ratios(base, cand, groups, groups) == [pytest.approx(1.3, rel=0.02),
+                                                                pytest.approx(0.9, rel=0.02)]
+    v = timing_verdict("c", base, cand, 0.05, 0.01, base_groups=groups, cand_groups=groups)
+    assert v.verdict == "AMBIGUOUS" and "round ratios" in v.note
+    cand = noisy(1.3, 30, seed=3) + noisy(2.6, 30, seed=4)
+    assert timing_verdict("c", base, cand, 0.05, 0.01, base_groups=groups, cand_groups=groups).verdict == "SLOW"
+
+
+def test_counters_compared_exactly():
+    b = [run_record(), case_record("a", noisy(1.0))]
+    c = [run_record(), case_record("a", noisy(1.0, seed=5), loads=(4, 4), flops=1000.0000001)]
+    verdicts = {v.metric: v for v in compare_runs(b, c)}
+    assert verdicts["latency_s"].verdict == "SAME"
+    assert verdicts["flops"].verdict == "CHANGED" and verdicts["loads"].verdict == "CHANGED"
+    assert verdicts["params"].verdict == "EQUAL"
+    assert "capacity" not in verdicts  # None on both sides: not a counter of this case
+    assert compare.gate_failed(list(verdicts.values()))
+    # another seed: counters are not expected to match and are not compared
+    c = [run_record(), case_record("a", noisy(1.0, seed=5), seed=1, loads=(4, 4))]
+    assert [v.metric for v in compare_runs(b, c)] == ["latency_s"]
+
+
+def test_failed_and_missing_cases():
+    b = [run_record(), case_record("a", noisy(1.0)), case_record("b", noisy(1.0)), case_record("gone", noisy(1.0))]
+    c = [run_record(), case_record("a", [], status="error"), case_record("b", noisy(1.0)),
+         case_record("new", noisy(1.0))]
+    verdicts = compare_runs(b, c)
+    assert [(v.case_id, v.verdict) for v in verdicts if v.metric in ("status", "latency_s")] == \
+        [("a", "FAILED"), ("b", "SAME")]
+    assert compare.gate_failed(verdicts)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"suite": "quick"}, "suite"),
+    ({"device": "cuda"}, "device"),
+])
+def test_not_comparable_runs(change, message):
+    b = [run_record(), case_record("a", noisy(1.0))]
+    c = [run_record(**change), case_record("a", noisy(1.0))]
+    with pytest.raises(NotComparable, match=message):
+        compare_runs(b, c)
+
+
+def test_not_comparable_dtype_schema_and_disjoint():
+    b = [run_record(), case_record("a", noisy(1.0))]
+    with pytest.raises(NotComparable, match="dtype"):
+        compare_runs(b, [run_record(), case_record("a", noisy(1.0), dtype="bfloat16")])
+    with pytest.raises(NotComparable, match="share no case"):
+        compare_runs(b, [run_record(), case_record("z", noisy(1.0))])
+    with pytest.raises(NotComparable, match="schema"):
+        compare_runs(b, [{**run_record(), "schema": 2}, case_record("a", noisy(1.0))])
+
+
+def test_markdown_escapes_and_json_round_trips():
+    b = [run_record(), case_record("x|<script>", noisy(1.0))]
+    c = [run_record(), case_record("x|<script>", noisy(1.3, seed=4))]
+    verdicts = compare_runs(b, c)
+    md = compare.format_markdown(verdicts, 0.05, 0.01)
+    assert "<script>" not in md and "x\\|&lt;script&gt;" in md and "SLOW" in md
+    data = json.loads(compare.format_json(verdicts, 0.05, 0.01))
+    assert data["failed"] is True and data["verdicts"][0]["verdict"] == "SLOW"
+    assert "FAIL" in compare.format_table(verdicts)
+
+
+def write(path, records):
+    writer = ResultWriter(path)
+    for r in records:
+        writer.append({k: v for k, v in r.items() if k != "schema"})
+    return str(path)
+
+
+def test_cli_exit_codes(tmp_path):
+    base = write(tmp_path / "b.jsonl", [run_record(), case_record("a", noisy(1.0))])
+    same = write(tmp_path / "s.jsonl", [run_record(), case_record("a", noisy(1.0, seed=7))])
+    slow = write(tmp_path / "w.jsonl", [run_record(), case_record("a", noisy(1.2, seed=7))])
+    other = write(tmp_path / "o.jsonl", [run_record(suite="quick"), case_record("a", noisy(1.0))])
+    runner = CliRunner()
+    result = runner.invoke(cli, ["compare", base, same])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["compare", base, slow, "--format", "markdown"])
+    assert result.exit_code == 1 and "| a | latency_s | :red_circle: SLOW" in result.output
+    result = runner.invoke(cli, ["compare", base, other])
+    assert result.exit_code == 2 and "suite" in result.output
+    result = runner.invoke(cli, ["compare", base])
+    assert result.exit_code == 2
+    result = runner.invoke(cli, ["compare", base, str(tmp_path / "missing.jsonl")])
+    assert result.exit_code == 2 and "no such results file" in result.output
+    result = runner.invoke(cli, ["compare", base, slow, "--format", "json", "--threshold", "0.5"])
+    assert result.exit_code == 0 and json.loads(result.output)["verdicts"][0]["verdict"] == "SAME"
