@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from moebench import accounting as acc
 from moebench.cli import cli
 from moebench.presets import PRESETS
+from moebench.suite import bundled_suites
 
 MIXTRAL_JSON = dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                     num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, num_local_experts=8,
@@ -31,13 +32,15 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0 and "PRESET|CONFIG.json" in result.output and "--json" in result.output
 
 
-def test_list_has_a_presets_section():
+def test_list_has_presets_and_suites_sections():
     result = invoke("list")
     assert result.exit_code == 0, result.output
-    presets = result.output.split("presets:\n", 1)[1]
+    presets = result.output.split("presets:\n", 1)[1].split("suites:\n", 1)[0]
     listed = [line.split()[0] for line in presets.splitlines() if line.startswith("  ")]
     assert listed == list(PRESETS)
     assert "46.70B total / 12.88B active" in presets  # mixtral-8x7b
+    suites = result.output.split("suites:\n", 1)[1]
+    assert [line.split()[0] for line in suites.splitlines()] == bundled_suites()
 
 
 def test_params_preset_text():
