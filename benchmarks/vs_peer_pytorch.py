@@ -1,0 +1,90 @@
+"""moebench's PEER against PEER-pytorch (optional extra [hf]): same weights, side by side in one run.
+
+Config (issue 5): N = 1024^2 experts, D = 512, H = 8 heads, k = 16 experts per head
+(non_competing_scores=False: softmax over the k), dim_key = D/2, T = 1024 tokens, float32, eval, no grad.
+Outputs are checked equal before anything is timed. Every time is the median of timers.measure.
+
+The floor is what the hardware allows for the two unavoidable costs, both measured in this run:
+    sub-key scoring: 2*T*H*2*R*Q FLOPs at the dense-GEMM rate of a GEMM with those FLOPs
+                     ([T*H*2, Q] @ [Q, R], as if all query halves shared keys)
+    expert weights:  T*H*k rows of u and of v, 2*D*itemsize bytes per retrieval, at the measured
+                     memory-copy bandwidth (copy of that many bytes)
+"of floor" = floor / time: 1.0 would be the floor itself, 0.5 is "within 2x".
+
+    python benchmarks/vs_peer_pytorch.py            # the issue's config (~8 GiB of weights: shared)
+    python benchmarks/vs_peer_pytorch.py --quick    # N = 256^2, T = 256: a smoke test in seconds
+Axis legend: T tokens, D model dim, H heads, N experts, R = sqrt(N) sub-keys, Q = dim_key, k per head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from moebench.interop.peer_pytorch import from_peer_pytorch
+from moebench.measure.ceilings import copy_bandwidth, gemm_ceiling
+from moebench.measure.timers import CpuTimer, fixed_threads, measure
+
+
+def build(N: int, D: int, H: int, k: int, seed: int = 0):
+    from PEER_pytorch import PEER  # optional dependency
+
+    torch.manual_seed(seed)
+    theirs = PEER(D, heads=H, num_experts=N, num_experts_per_head=k, non_competing_scores=False).eval()
+    ours = from_peer_pytorch(theirs).eval()
+    # Same weights, one copy: at N = 1024^2 each of u, v is 2 GiB. Ours holds views of theirs.
+    ours.peer.u_ND.data = theirs.weight_down_embed.weight.data
+    ours.peer.v_ND.data = theirs.weight_up_embed.weight.data
+    return theirs, ours
+
+
+def floor_seconds(T: int, D: int, H: int, k: int, R: int, Q: int, budget_s: float) -> dict[str, float]:
+    flops = 2 * T * H * 2 * R * Q
+    gemm = gemm_ceiling(T * H * 2, R, Q, budget_s=budget_s)
+    expert_bytes = T * H * k * 2 * D * 4
+    copy = copy_bandwidth(expert_bytes, budget_s=budget_s)
+    return {"gemm_flops": gemm, "copy_bytes": copy, "scoring_s": flops / gemm, "experts_s": expert_bytes / copy}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="N = 256^2, T = 256")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--budget", type=float, default=20.0, help="seconds of sampling per implementation")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd experts row")
+    a = p.parse_args(argv)
+    N, T = (256**2, 256) if a.quick else (1024**2, 1024)
+    D, H, k = 512, 8, 16
+    R, Q = math.isqrt(N), D // 2
+    theirs, ours = build(N, D, H, k)
+    x = torch.randn(1, T, D)
+    impls = ["torch"] + ([] if a.no_compile else ["compile"])
+    with fixed_threads(a.threads), torch.no_grad():
+        want = theirs(x)
+        for impl in impls:
+            ours.peer.experts_impl = impl
+            t0 = time.perf_counter()
+            got = ours(x)  # also compiles, for "compile"
+            print(f"moebench[{impl}] first call {time.perf_counter() - t0:.1f} s")
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+        print(f"outputs equal (rtol 1e-5) at N={N}, D={D}, H={H}, k={k}, T={T}, float32, {a.threads} threads")
+        fl = floor_seconds(T, D, H, k, R, Q, a.budget / 4)
+        rows = {"PEER-pytorch": lambda: theirs(x)}
+        for impl in impls:
+            rows[f"moebench[{impl}]"] = lambda impl=impl: (setattr(ours.peer, "experts_impl", impl), ours(x))
+        times = {name: measure(fn, CpuTimer(), warmup=1, min_samples=5, budget_s=a.budget).median
+                 for name, fn in rows.items()}
+    floor = fl["scoring_s"] + fl["experts_s"]
+    print(f"dense GEMM {fl['gemm_flops'] / 1e9:.1f} GFLOP/s, copy {fl['copy_bytes'] / 1e9:.2f} GB/s -> floor "
+          f"{floor * 1e3:.1f} ms (scoring {fl['scoring_s'] * 1e3:.1f} + expert bytes {fl['experts_s'] * 1e3:.1f})")
+    base = times["PEER-pytorch"]
+    print(f"{'implementation':<20}{'median ms':>11}{'vs PEER-pytorch':>17}{'of floor':>10}")
+    for name, t in times.items():
+        print(f"{name:<20}{t * 1e3:>11.1f}{base / t:>16.2f}x{floor / t:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
