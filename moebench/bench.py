@@ -69,7 +69,10 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     def step() -> None:
         if training:
             y = layer(state["x"], token_ids=state["ids"])
-            y.float().square().mean().backward()  # a real backward through experts and router
+            loss = y.float().square().mean()  # a real backward through experts and router
+            if hasattr(layer, "aux_loss"):
+                loss = loss + layer.aux_loss()  # and through the aux losses, as training does
+            loss.backward()
             if optimizer is not None:
                 optimizer.step()
         else:
@@ -97,6 +100,7 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     _set_collect_stats(layer, True)
     setup()
     step()  # one more forward, untimed, for its routing statistics
+    _set_collect_stats(layer, False)
     stats = getattr(layer, "last_stats", None)
     if stats is not None:
         metrics.update(stats.summary())
