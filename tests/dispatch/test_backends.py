@@ -265,3 +265,31 @@ def test_grouped_mm_first_call_under_inference_mode_still_uses_grouped_mm():
         y = run_grouped_mm(x, routing, w_in, w_out, "gelu")
     assert grouped_mm_usable(x, w_in, w_out)
     assert_close_scaled(y, run_loop(x, routing, w_in, w_out, "gelu"), torch.float32, "inference_mode")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("name", OTHER_BACKENDS)
+def test_forward_without_autograd_matches_loop(name, activation, dtype):
+    """Backends may take in-place paths when nothing needs a gradient (no_grad, inference_mode,
+    or plain tensors): those must give loop's output and leave the inputs untouched."""
+    backend = get_backend(name)
+    cases = [(case, slack) for case in ("some_dropped", "expert_choice", "odd_dims", "k_equals_e")
+             for slack in (None, 1)]
+    for i, (case, slack) in enumerate(cases):
+        gen = torch.Generator().manual_seed(10 + i)
+        routing, D = _case(case, gen)
+        routing = with_capacity(routing, slack)
+        if not (backend.supports_capacity if slack is not None else backend.supports_dropless):
+            continue
+        w_in, w_out = make_weights(routing.n_experts, D, 4, activation, dtype, gen)
+        x = torch.randn(routing.n_tokens, D, generator=gen).to(dtype)
+        inputs = [t.clone() for t in (x, w_in, w_out, routing.weight_A)]
+        want = run_loop(x, routing, w_in, w_out, activation)
+        for context in (torch.no_grad, torch.inference_mode, torch.enable_grad):
+            with context():
+                got = backend.run(x, routing, w_in, w_out, activation)
+            assert not got.requires_grad
+            assert_close_scaled(got, want, dtype, f"{name} {case} {activation} under {context.__name__}")
+        for before, after in zip(inputs, (x, w_in, w_out, routing.weight_A), strict=True):
+            assert torch.equal(before, after), f"{name} {case}: an input changed"
