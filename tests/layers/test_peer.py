@@ -211,3 +211,65 @@ def test_spec_validation():
     peer_spec(peer_k=17, peer_retrieval="brute")  # brute force can retrieve more than n_keys
     with pytest.raises(ValueError, match="activation='swiglu'.*gelu, relu"):
         build_layer(peer_spec(activation="swiglu"))
+
+
+# --- the gather + expert step: chunks, compile, memory ------------------------------------------
+
+def gathered_experts(layer: PEER, x_TD, gate_THK, idx_THK) -> torch.Tensor:
+    """The step written with every gathered row materialised ([T, H, K, D]): the plain reference."""
+    u_THKD, v_THKD = layer.u_ND[idx_THK], layer.v_ND[idx_THK]
+    a_THK = F.gelu(torch.einsum("td,thkd->thk", x_TD, u_THKD)) * gate_THK
+    return torch.einsum("thk,thkd->td", a_THK, v_THKD)
+
+
+def experts_and_grads(layer: PEER, x_TD, gate_THK, idx_THK, fn) -> list[torch.Tensor]:
+    y_TD = fn(layer, x_TD, gate_THK, idx_THK)
+    dy_TD = torch.randn(y_TD.shape, generator=torch.Generator().manual_seed(0))
+    return [y_TD, *torch.autograd.grad(y_TD, [x_TD, gate_THK, layer.u_ND, layer.v_ND], dy_TD)]
+
+
+def peer_step_case(T=7, seed=7):
+    torch.manual_seed(seed)
+    layer = PEER(peer_spec(peer_heads=3, peer_k=4))
+    x_TD = torch.randn(T, 24, requires_grad=True)
+    with torch.no_grad():
+        score_THK, idx_THK = layer.retrieve(layer.subkey_scores(layer.queries(x_TD)))
+    idx_THK[0, 1] = idx_THK[0, 0]  # a repeated expert: du and dv must accumulate both uses
+    return layer, x_TD, layer.gates(score_THK).requires_grad_(True), idx_THK
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, None])
+def test_chunked_experts_match_the_gathered_reference_forward_and_gradients(chunk_tokens):
+    layer, x_TD, gate_THK, idx_THK = peer_step_case()
+    want = experts_and_grads(layer, x_TD, gate_THK, idx_THK, gathered_experts)
+    layer.chunk_tokens = chunk_tokens
+    got = experts_and_grads(layer, x_TD, gate_THK, idx_THK, PEER.experts)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_experts_match_the_gathered_reference():
+    pytest.importorskip("torch._inductor")
+    layer, x_TD, gate_THK, idx_THK = peer_step_case()
+    want = experts_and_grads(layer, x_TD, gate_THK, idx_THK, gathered_experts)
+    layer.experts_impl = "compile"
+    for g, w in zip(experts_and_grads(layer, x_TD, gate_THK, idx_THK, PEER.experts), want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    layer.experts_impl = "einsum"
+    with pytest.raises(ValueError, match="impl='einsum' is invalid.*torch, compile, triton"):
+        layer(x_TD)
+
+
+def test_experts_memory_is_one_chunk_not_tokens_by_retrievals_by_d():
+    torch.manual_seed(8)
+    T, H, K, D, C = 64, 4, 8, 8, 2
+    layer = PEER(peer_spec(d_model=D, peer_heads=H, peer_k=K))
+    layer.chunk_tokens = C
+    x_TD = torch.randn(T, D, requires_grad=True)
+    with torch.no_grad():
+        score_THK, idx_THK = layer.retrieve(layer.subkey_scores(layer.queries(x_TD)))
+    gate_THK = layer.gates(score_THK)
+    with LargestOutput() as mode:
+        layer.experts(x_TD, gate_THK, idx_THK).sum().backward()
+    # the gathered [T, H*K, D] would be 16384 elements; the dense du/dv [N, D] are 2048, [T, H*K] 2048
+    assert mode.numel <= max(C * H * K * D, layer.spec.peer_experts * D, T * H * K) < T * H * K * D

@@ -1,0 +1,16 @@
+"""Triton kernels run on CPU tensors through the Triton interpreter, which triton reads when a kernel
+is defined: so the variable is set here, at collection, before any test module imports triton.
+(Collection happens before any test runs, so the rest of the session sees it too: the triton
+dispatch backend then joins the dispatch equivalence suites.) Skipped without triton."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
