@@ -10,6 +10,7 @@ from moebench.dispatch.grouped_mm import run_grouped_mm
 from moebench.dispatch.loop import run_loop
 from moebench.dispatch.padded import run_padded
 from moebench.dispatch.sort_gather import run_sort_gather
+from moebench.dispatch.triton import TritonBackend, run_triton
 
 BACKENDS: dict[str, Backend] = {
     "loop": Backend("loop", run_loop, "python loop over experts: gather, FFN, scatter (the reference)",
@@ -29,6 +30,11 @@ BACKENDS: dict[str, Backend] = {
                       "with a capacity_factor the backend itself has static shapes and no host sync "
                       "(CUDA-graph safe); dropless: C = max expert load, one host sync",
                       graph_capturable=False, host_syncs=True),
+    "triton": TritonBackend("triton", run_triton,
+                            "sort assignments by expert, then Triton grouped-GEMM kernels that gather rows by index "
+                            "and fuse activation and combine weight (CUDA; CPU only under TRITON_INTERPRET=1); "
+                            "backward in torch (grouped_mm); syncs once for the number of kept assignments",
+                            graph_capturable=False, host_syncs=True),
 }
 
 
