@@ -92,7 +92,8 @@ def merge_rounds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             if rec.get("type") != "case":
                 continue
             case_id = rec["case_id"]
-            samples = (rec.get("samples") or {}).get("latency_s") or []
+            raw = rec.get("samples") or {}
+            samples = raw.get("latency_s") or []
             if case_id not in merged:
                 first = dict(rec)
                 first["metrics"] = dict(rec.get("metrics") or {})
@@ -100,7 +101,9 @@ def merge_rounds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 first["round_medians"] = []
                 merged[case_id] = first
             out = merged[case_id]
-            out["samples"]["latency_s"].extend(samples)
+            for key, values in raw.items():  # latency_s, and any other per-step series (e.g. cpu_s)
+                if isinstance(values, list) and key != "round":
+                    out["samples"].setdefault(key, []).extend(values)
             out["samples"]["round"].extend([r] * len(samples))
             out["round_medians"].append(stats.median(samples) if samples else None)
             if rec.get("status") != "ok" and out.get("status") == "ok":

@@ -182,11 +182,13 @@ def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) ->
               help="Smallest slowdown (fraction) that can be called SLOW.")
 @click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Significance level of the Mann-Whitney test.")
+@click.option("--metric", type=click.Choice(["auto", "latency_s", "cpu_s"]), default="auto", show_default=True,
+              help="Per-step series judged; auto: CPU time where both runs recorded it, else wall time.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table",
               show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Also list counters that did not change.")
 def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inject_slowdown, threshold, alpha,
-                fmt, show_all) -> None:
+                metric, fmt, show_all) -> None:
     """Verdicts per case: SLOW / FAST / SAME / AMBIGUOUS for latency, exact checks of counters.
 
     Exit 1 if anything is SLOW, a counter CHANGED or a case FAILED; exit 2 if the runs are not comparable."""
@@ -218,7 +220,7 @@ def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inj
                 raise ValueError(str(err)) from None
             click.echo(f"merged results: {result.baseline_path} {result.candidate_path}", err=True)
             baseline, candidate = result.baseline, result.candidate
-        verdicts = compare.compare_runs(baseline, candidate, threshold=threshold, alpha=alpha)
+        verdicts = compare.compare_runs(baseline, candidate, threshold=threshold, alpha=alpha, metric=metric)
     except compare.NotComparable as err:
         click.echo(f"moebench: not comparable: {err}", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -1,6 +1,7 @@
 """Baseline vs candidate verdicts for CI: is any case slower, and did any deterministic counter move?
 
-Timing (the raw `samples.latency_s` of each case) gets one of four verdicts, with r the ratio of
+Timing (the raw per-step samples of each case: `samples.cpu_s` where both runs have them, else
+`samples.latency_s`; see timing_key) gets one of four verdicts, with r the ratio of
 medians candidate / baseline, [lo, hi] its bootstrap CI and p the two-sided Mann-Whitney p-value
 (stats.py), for a threshold t and a level alpha:
 
@@ -38,6 +39,7 @@ from typing import Any
 from moebench import stats
 from moebench.store import read_records
 
+TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
 FAILING = ("SLOW", "CHANGED", "FAILED")
 DEFAULT_THRESHOLD = 0.05
@@ -51,7 +53,7 @@ class NotComparable(ValueError):
 @dataclass(frozen=True)
 class Verdict:
     case_id: str
-    metric: str  # "latency_s" for timing; a counter name, "loads" or "status" otherwise
+    metric: str  # "latency_s" or "cpu_s" for timing; a counter name, "loads" or "status" otherwise
     verdict: str  # SLOW | FAST | SAME | AMBIGUOUS | EQUAL | CHANGED | FAILED | SKIPPED
     baseline: Any = None  # median seconds for timing, the value for counters
     candidate: Any = None
@@ -87,7 +89,7 @@ def load_run(path: str | Path) -> list[dict[str, Any]]:
 
 def compare_runs(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]],
                  threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
-                 seed: int = 0) -> list[Verdict]:
+                 seed: int = 0, metric: str = "auto") -> list[Verdict]:
     """Verdicts for every case the two runs share: timing first, then counters that moved or matched."""
     if not threshold > 0 or not 0 < alpha < 1:
         raise ValueError(f"threshold={threshold}, alpha={alpha}: need threshold > 0 and 0 < alpha < 1")
@@ -107,8 +109,9 @@ def compare_runs(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]]
             verdicts.append(Verdict(case_id, "status", "SKIPPED", b["status"], c["status"],
                                     note="the baseline case did not finish"))
             continue
-        verdicts.append(timing_verdict(case_id, _samples(b), _samples(c), threshold, alpha, seed,
-                                       _groups(b), _groups(c)))
+        key = timing_key(b, c, metric)
+        verdicts.append(timing_verdict(case_id, _samples(b, key), _samples(c, key), threshold, alpha, seed,
+                                       _groups(b, key), _groups(c, key), metric=key))
         verdicts.extend(counter_verdicts(case_id, b, c))
     return verdicts
 
@@ -144,22 +147,31 @@ def _cases(records: Iterable[dict]) -> dict[str, dict]:
     return {r["case_id"]: r for r in records if r.get("type") == "case"}
 
 
-def _samples(record: dict) -> list[float]:
-    return [x for x in (record.get("samples") or {}).get("latency_s") or [] if x is not None]
+def timing_key(base: dict, cand: dict, metric: str = "auto") -> str:
+    """Which per-step series to judge: `metric`, or with "auto" the per-step CPU time `cpu_s` where
+    both records carry it (other processes' load does not stretch it, see README "CI regression
+    gate"), else the wall-clock `latency_s`."""
+    if metric != "auto":
+        return metric
+    return "cpu_s" if _samples(base, "cpu_s") and _samples(cand, "cpu_s") else "latency_s"
 
 
-def _groups(record: dict) -> list[int] | None:
+def _samples(record: dict, key: str = "latency_s") -> list[float]:
+    return [x for x in (record.get("samples") or {}).get(key) or [] if x is not None]
+
+
+def _groups(record: dict, key: str = "latency_s") -> list[int] | None:
     """Round labels of the samples of a merged A/B record (abtest.py); None for a single run."""
     groups = (record.get("samples") or {}).get("round")
-    return groups if groups and len(groups) == len(_samples(record)) else None
+    return groups if groups and len(groups) == len(_samples(record, key)) else None
 
 
 def timing_verdict(case_id: str, base: list[float], cand: list[float], threshold: float, alpha: float,
                    seed: int = 0, base_groups: list[int] | None = None,
-                   cand_groups: list[int] | None = None) -> Verdict:
-    """SLOW / FAST / SAME / AMBIGUOUS for one case's latency samples (the rule in the module docstring)."""
+                   cand_groups: list[int] | None = None, metric: str = "latency_s") -> Verdict:
+    """SLOW / FAST / SAME / AMBIGUOUS for one case's per-step samples (the rule in the module docstring)."""
     if len(base) < 2 or len(cand) < 2:
-        return Verdict(case_id, "latency_s", "AMBIGUOUS", note="fewer than 2 samples on a side",
+        return Verdict(case_id, metric, "AMBIGUOUS", note="fewer than 2 samples on a side",
                        n_baseline=len(base), n_candidate=len(cand))
     b_med, c_med = stats.median(base), stats.median(cand)
     ratio = c_med / b_med
@@ -176,7 +188,7 @@ def timing_verdict(case_id: str, base: list[float], cand: list[float], threshold
     else:
         verdict = "AMBIGUOUS"
     note = "round ratios " + " ".join(f"{r:.2f}" for r in rounds) if rounds else ""
-    return Verdict(case_id, "latency_s", verdict, b_med, c_med, ratio, lo, hi, p, len(base), len(cand), note)
+    return Verdict(case_id, metric, verdict, b_med, c_med, ratio, lo, hi, p, len(base), len(cand), note)
 
 
 def round_ratios(base: list[float], cand: list[float], base_groups: list[int] | None,
@@ -231,7 +243,7 @@ def _fmt_value(x: Any) -> str:
 
 def _rows(verdicts: list[Verdict], everything: bool) -> list[Verdict]:
     """Timing verdicts always; counters only when they changed (unless everything)."""
-    return [v for v in verdicts if everything or v.metric in ("latency_s", "status") or v.verdict != "EQUAL"]
+    return [v for v in verdicts if everything or v.metric in TIMING + ("status",) or v.verdict != "EQUAL"]
 
 
 def summary_line(verdicts: list[Verdict]) -> str:

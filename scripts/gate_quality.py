@@ -61,7 +61,7 @@ def analyse(out: Path, threshold: float, alpha: float) -> dict:
         kind = folder.name.split("-")[-1]
         base = list(read_records(folder / "baseline.jsonl"))
         cand = list(read_records(folder / "candidate.jsonl"))
-        verdicts = [v for v in compare.compare_runs(base, cand, threshold, alpha) if v.metric == "latency_s"]
+        verdicts = [v for v in compare.compare_runs(base, cand, threshold, alpha) if v.metric in compare.TIMING]
         conditions = json.loads((folder / "conditions.json").read_text())
         result[kind].append({"name": folder.name, "verdicts": {v.case_id: v.verdict for v in verdicts},
                              "ratios": {v.case_id: round(v.ratio, 3) for v in verdicts},

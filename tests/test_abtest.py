@@ -52,6 +52,15 @@ def test_merge_concatenates_samples_with_round_labels():
     assert b["samples"]["round"] == [0, 0, 1, 1] and b["metrics"]["latency_s"] == 5.5
 
 
+def test_merge_keeps_every_per_step_series():
+    rounds = [fake_records("baseline", r) for r in range(2)]
+    for r, records in enumerate(rounds):
+        records[1]["samples"]["cpu_s"] = [0.1 * (r + 1)] * 3
+    a = merge_rounds(rounds)[1]
+    assert a["samples"]["cpu_s"] == [0.1, 0.1, 0.1, 0.2, 0.2, 0.2]
+    assert len(a["samples"]["round"]) == len(a["samples"]["cpu_s"])
+
+
 def test_a_failure_in_any_round_is_a_failure():
     merged = merge_rounds([fake_records("candidate", 0), fake_records("candidate", 1, status="error")])
     assert merged[1]["status"] == "error" and merged[1]["error"].startswith("round 1")

@@ -141,3 +141,15 @@ def test_cli_exit_codes(tmp_path):
     assert result.exit_code == 2 and "no such results file" in result.output
     result = runner.invoke(cli, ["compare", base, slow, "--format", "json", "--threshold", "0.5"])
     assert result.exit_code == 0 and json.loads(result.output)["verdicts"][0]["verdict"] == "SAME"
+
+
+def test_auto_judges_cpu_time_when_both_runs_have_it():
+    b = case_record("a", noisy(1.0))
+    b["samples"]["cpu_s"] = noisy(0.5, seed=3)
+    c = case_record("a", noisy(1.0, seed=9))
+    c["samples"]["cpu_s"] = noisy(0.7, seed=4)
+    verdicts = compare_runs([run_record(), b], [run_record(), c])
+    assert (verdicts[0].metric, verdicts[0].verdict) == ("cpu_s", "SLOW")
+    assert compare_runs([run_record(), b], [run_record(), c], metric="latency_s")[0].verdict == "SAME"
+    wall_only = case_record("a", noisy(1.0, seed=9))
+    assert compare_runs([run_record(), b], [run_record(), wall_only])[0].metric == "latency_s"
