@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moebench.dispatch.common import activate
+from moebench.dispatch.common import activate, ffn
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
@@ -59,6 +59,8 @@ def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor
         token_S = routing.token_A[order_S]
         weight_S1 = routing.weight_A[order_S, None].float()
     y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    if not tracked:
+        return _untracked(x_TD, token_S, weight_S1, counts, w_in_EID, w_out_EDF, activation, y_TD).to(x_TD.dtype)
     start = 0
     for e, n in enumerate(counts):
         if not n:
@@ -69,13 +71,41 @@ def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor
             token_n = token_S[rows]
             x_nD = x_TD.index_select(0, token_n)
         with phase("experts"):
-            h_nI = F.linear(x_nD, w_in_EID[e])
-            act_nF = activate(h_nI, activation) if tracked else activate_inplace(h_nI, activation)
-            out_nD = F.linear(act_nF, w_out_EDF[e])
+            out_nD = ffn(x_nD, w_in_EID[e], w_out_EDF[e], activation)
         with phase("combine"):
-            if tracked or out_nD.dtype != torch.float32:
-                out_nD = out_nD * weight_S1[rows]  # promotes to float32 (bf16 / fp16 outputs)
-            else:
-                out_nD = out_nD.mul_(weight_S1[rows])
-            y_TD = y_TD.index_add_(0, token_n, out_nD)
+            y_TD = y_TD.index_add_(0, token_n, out_nD * weight_S1[rows])  # float32 (promotes bf16 / fp16)
     return y_TD.to(x_TD.dtype)
+
+
+def _untracked(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S1: torch.Tensor, counts: list[int],
+               w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor, activation: str, y_TD: torch.Tensor) -> torch.Tensor:
+    """The same loop with nothing to differentiate: every intermediate lives in buffers sized for the
+    largest expert, allocated once per call (fresh multi-MB allocations page-fault on every call),
+    the activation runs in place, and the combine weight scales whichever of act [n, F] (in x's
+    dtype, one extra rounding) or out [n, D] (float32) is smaller."""
+    n_max, D, I = max(counts, default=0), x_TD.shape[1], w_in_EID.shape[1]
+    x_buf = x_TD.new_empty(n_max, D)
+    h_buf = x_TD.new_empty(n_max, I)
+    out_buf = x_TD.new_empty(n_max, D)
+    f32_buf = out_buf if x_TD.dtype == torch.float32 else torch.empty(n_max, D, device=x_TD.device)
+    scale_act = w_out_EDF.shape[2] <= D
+    start = 0
+    for e, n in enumerate(counts):
+        if not n:
+            continue
+        rows = slice(start, start + n)
+        start += n
+        with phase("dispatch"):
+            token_n = token_S[rows]
+            x_nD = torch.index_select(x_TD, 0, token_n, out=x_buf[:n])
+        with phase("experts"):
+            act_nF = activate_inplace(torch.mm(x_nD, w_in_EID[e].t(), out=h_buf[:n]), activation)
+            if scale_act:
+                act_nF = act_nF.mul_(weight_S1[rows])
+            out_nD = torch.mm(act_nF, w_out_EDF[e].t(), out=out_buf[:n])
+        with phase("combine"):
+            out_nD = f32_buf[:n].copy_(out_nD) if out_nD.dtype != torch.float32 else out_nD
+            if not scale_act:
+                out_nD = out_nD.mul_(weight_S1[rows])
+            y_TD.index_add_(0, token_n, out_nD)
+    return y_TD
