@@ -14,11 +14,11 @@ same input once with the block's router and times only the routed experts on tha
 
 Before timing, every output is checked equal to a float32 reference (moebench's loop on float32 copies
 of the same inputs; scaled max error within the dtype's tolerance), and the whole moebench layer
-against the whole block. Timing: forward under
-no_grad, moebench.measure.timers.measure (warmup, adaptive samples, median), torch's default thread
-count. Expert FLOPs count a multiply-add as 2: 2*T*K*(D*2F + F*D) = 6*T*K*D*F. The ceiling is a dense
-FFN's two GEMMs over the same T*K rows ([TK, D] @ [D, 2F] and [TK, F] @ [F, D]), timed the same way
-(moebench.measure.ceilings): ceiling FLOP/s = expert FLOPs / (t_gemm_in + t_gemm_out).
+against the whole block. Timing: forward under no_grad, moebench.measure.timers.measure (warmup,
+adaptive samples, median), torch's default thread count. Expert FLOPs count a multiply-add as 2:
+2*T*K*(D*2F + F*D) = 6*T*K*D*F. The ceiling is a dense FFN's two GEMMs over the same T*K rows
+([TK, D] @ [D, 2F] and [TK, F] @ [F, D]), timed the same way (moebench.measure.ceilings):
+ceiling FLOP/s = expert FLOPs / (t_gemm_in + t_gemm_out).
 Printed per case: ms, GFLOP/s, fraction of the ceiling; then best moebench / best transformers.
 Axis legend: T tokens, D model dim, F expert hidden dim, E experts, K experts per token, G granularity.
 """
@@ -116,6 +116,9 @@ def run_case(G: int, dtype: torch.dtype, backends: list[str], quick: bool) -> di
         for impl in HF_IMPLS:
             if impl == "batched_mm" and (quick or batched_bytes > MEMORY_FRACTION * available_bytes()):
                 rows[f"hf:{impl}"] = {"skipped": f"needs {batched_bytes / 2**30:.1f} GiB of weight copies"}
+                continue
+            if impl == "eager" and quick and G >= 8:
+                rows[f"hf:{impl}"] = {"skipped": "--quick: eager loops over E experts (seconds per call at G >= 8)"}
                 continue
             experts.config._experts_implementation = impl
             err = scaled_error(experts(x_TD, idx_TK, w_TK), want)
