@@ -19,11 +19,14 @@ from pathlib import Path
 
 from moebench.report import plots
 from moebench.report.data import conditions, load_runs
-from moebench.report.html import Section, cases_table, failures_table, figure_html, page
+from moebench.report.html import Section, cases_table, esc, failures_table, figure_html, page
 
 __all__ = ["make_report", "default_output"]
 
 DPI = 80
+TABLE_NOTE = ("median, p10-p90 and the 95% confidence interval of the median are per step, from the timed "
+              "samples; of ceiling: expert FLOP rate / the measured dense-GEMM rate (PEER: bandwidth floor / "
+              "latency); drop rate: measured, beside its binomial expectation under uniform routing.")
 
 
 def default_output(runs) -> Path:
@@ -48,7 +51,7 @@ def make_report(paths, out: str | Path | None = None) -> Path:
         (tmp / files_name).mkdir()
         sections = []
         for name in plots.figures_for(r.kind for r in runs):
-            title, make = plots.FIGURES[name]
+            title, make, caption = plots.FIGURES[name]
             plot = make(df)
             if plot is None:
                 continue
@@ -56,8 +59,10 @@ def make_report(paths, out: str | Path | None = None) -> Path:
             plot.figure.savefig(png, dpi=DPI, metadata={"Software": None})
             width, height = _png_size(png)
             img = figure_html(f"{files_name}/{name}.png", title, width, height)
-            sections.append(Section(title, img, conditions(plot.data, runs)))
-        sections.append(Section("All cases", cases_table(df, multi), conditions(df, runs)))
+            sections.append(Section(title, f"{img}\n<p class=\"caption\">{esc(caption)}</p>",
+                                    conditions(plot.data, runs)))
+        sections.append(Section("All cases", cases_table(df, multi) + f'\n<p class="caption">{esc(TABLE_NOTE)}</p>',
+                                conditions(df, runs)))
         failed = df[df["status"] != "ok"]
         if not failed.empty:
             sections.append(Section(f"Failed cases ({len(failed)})", failures_table(failed, multi),

@@ -21,7 +21,8 @@ img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; font-size: 0.8em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; vertical-align: top; }
 th { background: #f4f4f4; } td.text, th.text { text-align: left; }
-td.bad { color: #b00; } pre { white-space: pre-wrap; margin: 0; font-size: 0.95em; }
+.bad { color: #b00; } .caption { font-size: 0.85em; margin: 0.3em 0; }
+pre { white-space: pre-wrap; margin: 0; font-size: 0.95em; }
 """
 
 
@@ -76,10 +77,12 @@ def cases_table(df: pd.DataFrame, multi_run: bool) -> str:
     """The numbers behind the figures: median latency with p10-p90 and the 95% CI of the median
     (the record's `timing`), tokens/s, fraction of ceiling, drop rate, status."""
     headers = (["run"] if multi_run else []) + [
-        "case", "status", "median ms", "p10–p90 ms", "95% CI ms", "samples", "tokens/s", "of ceiling", "drop rate"]
+        "case", "status", "median ms", "p10–p90 ms", "95% CI ms", "samples", "tokens/s", "of ceiling", "drop rate",
+        "uniform exp."]
     lat, p10, p90 = column(df, "latency_s"), column(df, "timing.p10"), column(df, "timing.p90")
     lo, hi, n = column(df, "timing.ci_low"), column(df, "timing.ci_high"), column(df, "timing.n")
     tps, frac, drop = column(df, "tokens_per_s"), column(df, "frac_of_ceiling"), column(df, "drop_rate")
+    expected = column(df, "expected_drop_rate_uniform")
     rows = []
     for i in range(len(df)):
         status = df["status"].iloc[i]
@@ -89,7 +92,8 @@ def cases_table(df: pd.DataFrame, multi_run: bool) -> str:
             _num(lat.iloc[i], ".3f", 1e3),
             f"{_num(p10.iloc[i], '.3f', 1e3)}–{_num(p90.iloc[i], '.3f', 1e3)}",
             f"{_num(lo.iloc[i], '.3f', 1e3)}–{_num(hi.iloc[i], '.3f', 1e3)}",
-            _num(n.iloc[i], ".0f"), _num(tps.iloc[i], ",.0f"), _num(frac.iloc[i], ".1%"), _num(drop.iloc[i], ".2%")]
+            _num(n.iloc[i], ".0f"), _num(tps.iloc[i], ",.0f"), _num(frac.iloc[i], ".1%"), _num(drop.iloc[i], ".2%"),
+            _num(expected.iloc[i], ".2%")]
         rows.append(row)
     return table(headers, rows, {0, 1} if multi_run else {0})
 

@@ -162,17 +162,19 @@ def routing_tax(df: pd.DataFrame) -> Plot | None:
         share = times.div(times.sum(axis=1), axis=0)
         share.plot.bar(stacked=True, ax=ax, color=[colors[p] for p in phases], width=0.75, legend=False)
         x = np.arange(len(g))
-        ax.plot(x, column(g, "analytic_routing_flop_share"), "k-o", ms=4,
+        ax.plot(x, column(g, "analytic_routing_flop_share"), "k-o", ms=6,
                 label="analytic: (router+combine) FLOPs / layer FLOPs")
         kraj = [krajewski_router_share(int(dm), int(ne) // int(G), int(G))
                 for dm, ne, G in zip(g["spec.d_model"], g["spec.n_experts"], g["G"], strict=True)]
-        ax.plot(x, kraj, "k--s", ms=4, mfc="white", label="Krajewski et al.: routing share of a block")
+        ax.plot(x, kraj, "k--s", ms=6, mfc="white", label="Krajewski et al.: routing share of a block")
         routing_s = sum(times[p] for p in ROUTING_PHASES if p in times)
         cross = routing_crossover(times.index, routing_s, times["experts"])
         if cross is not None:
             at = list(times.index).index(cross)
+            note = " (smallest G measured)" if at == 0 else ""
             ax.axvline(at - 0.5, color="crimson", ls=":", lw=1.5)
-            ax.text(at - 0.45, 0.97, f"routing > experts\nfrom G={cross}", color="crimson", va="top", fontsize=7)
+            ax.text(at - 0.45, 0.97, f"routing time > expert time\nfrom G={cross}{note}", color="crimson",
+                    va="top", fontsize=7, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
         ax.set(title=panel, xlabel="granularity G (E·G experts of width F/G, top K·G)",
                ylabel="share of summed phase time", ylim=(0, 1.02))
         ax.tick_params(axis="x", rotation=0)
@@ -195,9 +197,10 @@ def routing_crossover(G, routing_s, experts_s):
 
 def _distribution(row) -> str:
     name = row.get("workload.routing") or "router"
-    params = row.get("case_params") or {}
-    extra = params.get("routing_params")
-    return f"{name} {extra}" if extra else str(name)
+    if name == "router":
+        return "layer's own router (not forced)"
+    extra = (row.get("case_params") or {}).get("routing_params") or {}
+    return " ".join([str(name), *(f"{k}={v}" for k, v in sorted(extra.items()))])
 
 
 def uniform_reference(T: int, E: int, K: int, cfs, min_capacity: int = 0) -> list[float]:
@@ -218,8 +221,9 @@ def drops(df: pd.DataFrame) -> Plot | None:
     d["drop rate"] = column(d, "drop_rate")
     d["routing"] = [_distribution(r) for _, r in d.iterrows()]
     d["T"] = column(d, "workload.tokens").fillna(0).astype(int) * column(d, "workload.batch").fillna(1).astype(int)
-    d["panel"] = [f"E={e}, K={k}, {p} policy, T={t}" for e, k, p, t in
-                  zip(d["spec.n_experts"], d["spec.top_k"], _text(d, "spec.drop_policy"), d["T"], strict=True)]
+    d["panel"] = [f"{v}, E={e}, K={k}\n{p} policy, T={t}" for v, e, k, p, t in
+                  zip(_text(d, "spec.variant"), d["spec.n_experts"], d["spec.top_k"], _text(d, "spec.drop_policy"),
+                      d["T"], strict=True)]
     panels = sorted(dict.fromkeys(d["panel"]))
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
@@ -243,7 +247,8 @@ def drops(df: pd.DataFrame) -> Plot | None:
     if axes[0].get_legend() is not None:
         handles, labels = axes[0].get_legend_handles_labels()
         axes[0].get_legend().remove()
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False, handlelength=3,
+                   markerscale=0.8)
     fig.suptitle("Drops against capacity factor (C = ceil(CF·T·K/E))")
     return Plot(fig, d)
 
@@ -314,7 +319,7 @@ def peer(df: pd.DataFrame) -> Plot | None:
     _lines(d, "N experts", "latency (s)", "retrieval", multi, ax)
     floor = d.groupby("N experts")["floor (s)"].min().dropna()
     if not floor.empty:
-        ax.plot(floor.index, floor.to_numpy(), color="0.2", ls="--", marker="_", ms=14,
+        ax.plot(floor.index, floor.to_numpy(), color="0.2", ls="--", marker="v", ms=7,
                 label="bandwidth floor: expert rows read / copy bandwidth")
     ax.set(xscale="log", yscale="log", xlabel="number of experts N (log)", ylabel="median latency per step, s (log)",
            title="PEER: product-key retrieval vs brute force")
@@ -364,13 +369,29 @@ def memory(df: pd.DataFrame) -> Plot | None:
 
 # --- which figures a suite kind shows --------------------------------------------------------------
 
-FIGURES = {
-    "throughput": ("Throughput", throughput),
-    "routing_tax": ("Routing tax over granularity", routing_tax),
-    "drops": ("Drops against capacity factor", drops),
-    "expert_load": ("Expert load", expert_load),
-    "peer": ("PEER latency against N", peer),
-    "memory": ("Memory", memory),
+FIGURES = {  # name: (section title, function, caption under the figure)
+    "throughput": ("Throughput", throughput,
+                   "Left: tokens per second at the median latency. Right: the expert FLOP rate (analytic expert "
+                   "FLOPs / median latency) against the ceiling measured in the same run: a dense GEMM over the "
+                   "same T·K rows. PEER has no FLOP ceiling (it is memory-bound; see its figure)."),
+    "routing_tax": ("Routing tax over granularity", routing_tax,
+                    "Bars: each phase's median time as a share of the summed phase times (measured). Lines: the "
+                    "analytic routing FLOP share of this layer, and Krajewski et al.'s routing share of a whole "
+                    "transformer block (training FLOPs). The red line marks the first G where router + dispatch "
+                    "+ combine time exceeds expert time."),
+    "drops": ("Drops against capacity factor", drops,
+              "Points: measured fraction of (token, expert) assignments not computed for capacity, per routing "
+              "distribution. Dashed: the exact binomial expectation if every token picked its K experts "
+              "uniformly at random."),
+    "expert_load": ("Expert load", expert_load,
+                    "Each row is one case: the number of assignments each expert computed (after capacity), "
+                    "divided by the mean over experts."),
+    "peer": ("PEER latency against N", peer,
+             "Median latency per step against the number of experts, both axes logarithmic. Dashed: the time to "
+             "read the expert rows a step retrieves once at the measured copy bandwidth (a lower bound)."),
+    "memory": ("Memory", memory,
+               "Measured bytes (peak allocated during a step above what was live before it; the module's weights) "
+               "beside analytic byte counts. Bytes moved is traffic per step, not memory held at once."),
 }
 # "mixed" (quick) and unknown kinds get every figure their data supports.
 FIGURES_BY_KIND = {

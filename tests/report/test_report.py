@@ -153,7 +153,7 @@ def test_routing_tax_marks_the_crossover_and_overlays_both_analytic_shares(mixed
     _, df = load_runs([mixed_run])
     plot = plots.routing_tax(df)
     ax = plot.figure.axes[0]
-    assert [t.get_text() for t in ax.texts] == ["routing > experts\nfrom G=8"]  # 8 ms routing vs 5 ms experts
+    assert [t.get_text() for t in ax.texts] == ["routing time > expert time\nfrom G=8"]  # 8 ms vs 5 ms
     labels = [line.get_label() for line in ax.get_lines()]
     assert any("analytic" in s for s in labels) and any("Krajewski" in s for s in labels)
     kraj = next(line for line in ax.get_lines() if "Krajewski" in line.get_label()).get_ydata()
