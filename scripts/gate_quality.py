@@ -12,6 +12,8 @@ A false alarm is an A/A comparison with any case SLOW (the gate would fail a har
 detection is an A/B comparison the gate fails. Per-case rates are printed too. Every comparison's
 merged records are kept under --out, so `--reanalyse DIR` recomputes the figures for another
 threshold or alpha without running anything (tune on one experiment, report on a fresh one).
+`--patch` applies a patch to the worktree first, to measure the gate with a proposed change
+(scripts/cpu_time.patch: record per-step CPU time, which the gate then judges).
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ from moebench.abtest import INJECT_ENV, Side, cli_runner, interleave, merge_roun
 from moebench.store import ResultWriter, read_records  # noqa: E402
 
 
-def run_experiment(out: Path, repeats: int, rounds: int, slowdown: float, suite: Path, threads: int) -> None:
+def run_experiment(out: Path, repeats: int, rounds: int, slowdown: float, suite: Path, threads: int,
+                   patch: Path | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
                          check=True).stdout.strip()
     with worktree(REPO, sha) as tree:
+        if patch is not None:  # a proposed change to try on both sides (e.g. scripts/cpu_time.patch)
+            subprocess.run(["git", "-C", str(tree), "apply", str(patch.resolve())], check=True)
         for i in range(repeats):
             for kind in ("aa", "ab"):
                 folder = out / f"{i:02d}-{kind}"
@@ -54,14 +59,15 @@ def run_experiment(out: Path, repeats: int, rounds: int, slowdown: float, suite:
                 print(f"{folder.name}: {time.time() - t0:.0f} s, load {load0:.1f}", file=sys.stderr, flush=True)
 
 
-def analyse(out: Path, threshold: float, alpha: float) -> dict:
+def analyse(out: Path, threshold: float, alpha: float, metric: str = "auto") -> dict:
     """Count false alarms and detections over every comparison kept under out."""
-    result = {"threshold": threshold, "alpha": alpha, "aa": [], "ab": []}
+    result = {"threshold": threshold, "alpha": alpha, "metric": metric, "aa": [], "ab": []}
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and (p / "candidate.jsonl").exists()):
         kind = folder.name.split("-")[-1]
         base = list(read_records(folder / "baseline.jsonl"))
         cand = list(read_records(folder / "candidate.jsonl"))
-        verdicts = [v for v in compare.compare_runs(base, cand, threshold, alpha) if v.metric in compare.TIMING]
+        verdicts = compare.compare_runs(base, cand, threshold, alpha, metric=metric)
+        verdicts = [v for v in verdicts if v.metric in compare.TIMING]
         conditions = json.loads((folder / "conditions.json").read_text())
         result[kind].append({"name": folder.name, "verdicts": {v.case_id: v.verdict for v in verdicts},
                              "ratios": {v.case_id: round(v.ratio, 3) for v in verdicts},
@@ -90,13 +96,16 @@ def main() -> None:
     parser.add_argument("--suite", type=Path, default=REPO / "scripts" / "gate_quality.yaml")
     parser.add_argument("--threshold", type=float, default=compare.DEFAULT_THRESHOLD)
     parser.add_argument("--alpha", type=float, default=compare.DEFAULT_ALPHA)
+    parser.add_argument("--metric", choices=["auto", "latency_s", "cpu_s"], default="auto")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "gate-quality")
+    parser.add_argument("--patch", type=Path, default=None,
+                        help="Apply this patch to the HEAD worktree both sides run (try a proposed change).")
     parser.add_argument("--reanalyse", action="store_true", help="Only recompute the figures from --out.")
     args = parser.parse_args()
     if not args.reanalyse:
-        run_experiment(args.out, args.repeats, args.rounds, args.slowdown, args.suite, args.threads)
-    result = analyse(args.out, args.threshold, args.alpha)
-    (args.out / f"summary-t{args.threshold}-a{args.alpha}.json").write_text(json.dumps(result, indent=2))
+        run_experiment(args.out, args.repeats, args.rounds, args.slowdown, args.suite, args.threads, args.patch)
+    result = analyse(args.out, args.threshold, args.alpha, args.metric)
+    (args.out / f"summary-{args.metric}-t{args.threshold}-a{args.alpha}.json").write_text(json.dumps(result, indent=2))
     for kind in ("aa", "ab"):
         for r in result[kind]:
             print(r["name"], " ".join(f"{v}:{r['ratios'][k]}" for k, v in r["verdicts"].items()))
