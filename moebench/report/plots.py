@@ -64,14 +64,20 @@ def _text(df: pd.DataFrame, col: str) -> pd.Series:
     return df[col].astype(object).where(df[col].notna(), "?").astype(str)
 
 
+def run_colors(df: pd.DataFrame) -> dict:
+    """run label -> colour, in order of first appearance."""
+    runs = list(dict.fromkeys(df["run"]))
+    return dict(zip(runs, sns.color_palette(n_colors=max(len(runs), 1)), strict=True))
+
+
 def _multi_run(df: pd.DataFrame) -> bool:
     return df["run"].nunique() > 1
 
 
-def _lines(data: pd.DataFrame, x: str, y: str, hue: str, multi: bool, ax, **kwargs) -> None:
+def _lines(data: pd.DataFrame, x: str, y: str, hue: str, runs: list[str], ax, **kwargs) -> None:
     """Lines through the points of each hue, every point marked (a lone point shows too); the run
-    is the marker style when several runs are compared."""
-    style = {"style": "run", "markers": True} if multi else {"marker": "o"}
+    is the marker style when several runs are compared (style_order: the same marker in every panel)."""
+    style = {"style": "run", "style_order": runs, "markers": True} if len(runs) > 1 else {"marker": "o"}
     sns.lineplot(data, x=x, y=y, hue=hue, dashes=False, ax=ax, errorbar=None, markersize=7, **style, **kwargs)
 
 
@@ -103,27 +109,25 @@ def throughput(df: pd.DataFrame) -> Plot | None:
     axes = _axes(fig, len(groups), 2, squeeze=False, sharex="col",
                  gridspec_kw={"height_ratios": [0.6 + per_bar * s for s in sizes]})
     log_tps = _spans_decades(d["tokens/s"])
+    runs = run_colors(d)
+    # a fixed run -> colour map, so a run keeps its colour in panels where another run is missing
+    hue = {"hue": "run", "hue_order": list(runs), "palette": runs} if multi else {"color": runs[d["run"].iloc[0]]}
     for i, group in enumerate(groups):
         g = d[d["group"] == group]
         left, right = axes[i]
-        hue = {"hue": "run"} if multi else {"color": sns.color_palette()[0]}
         sns.barplot(g, x="tokens/s", y="case", ax=left, errorbar=None, legend=False, **hue)
         left.set(title=group, ylabel="", xlabel="tokens/s (median latency)", xscale="log" if log_tps else "linear")
         if g["ceiling GFLOP/s"].notna().any():
-            sns.barplot(g, x="expert GFLOP/s", y="case", ax=right, errorbar=None, legend=(i == 0 and multi),
-                        **hue)
+            sns.barplot(g, x="expert GFLOP/s", y="case", ax=right, errorbar=None, legend=False, **hue)
             # the ceiling as a dashed outline drawn over the bar, so it shows where a bar passes it
             sns.barplot(g, x="ceiling GFLOP/s", y="case", ax=right, errorbar=None, fill=False, legend=False,
-                        linestyle="--", linewidth=1.2, **({"hue": "run"} if multi else {"color": "0.2"}))
+                        linestyle="--", linewidth=1.2, **(hue if multi else {"color": "0.2"}))
         right.set(title=group, ylabel="", yticklabels=[], xlabel="expert GFLOP/s (bars) vs ceiling (dashed)")
-    handles = [_legend_patch("expert FLOPs / median latency", sns.color_palette()[0], True),
-               _legend_patch("measured ceiling: dense GEMM, same rows, same run", "0.2", False)]
-    if multi:  # the run colours join the figure legend, below the panels, off the bars
-        run_legend = axes[0][1].get_legend()
-        handles += run_legend.legend_handles
-        for h, t in zip(run_legend.legend_handles, run_legend.get_texts(), strict=True):
-            h.set_label(f"run {t.get_text()}")
-        run_legend.remove()
+    bar_color = "0.55" if multi else runs[d["run"].iloc[0]]
+    handles = [_legend_patch("bars: expert FLOPs / median latency", bar_color, True),
+               _legend_patch("dashed: measured ceiling, dense GEMM of the same rows, same run", "0.2", False)]
+    if multi:  # the run colours, in the figure legend below the panels, off the bars
+        handles += [_legend_patch(f"run {run}", color, True) for run, color in runs.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     fig.suptitle("Throughput by variant and dispatch backend")
     return Plot(fig, d)
@@ -229,7 +233,6 @@ def drops(df: pd.DataFrame) -> Plot | None:
     nrows = math.ceil(len(panels) / ncols)
     fig = _figure(3.6 * ncols + 1.8, 3.0 * nrows + 0.6)
     axes = _axes(fig, nrows, ncols, squeeze=False, sharey=True).ravel()
-    multi = _multi_run(d)
     hue_order = sorted(d["routing"].unique())
     for ax, panel in zip(axes[:len(panels)], panels, strict=True):
         g = d[d["panel"] == panel]
@@ -239,7 +242,7 @@ def drops(df: pd.DataFrame) -> Plot | None:
         ref = uniform_reference(int(first["T"]), int(first["spec.n_experts"]), int(first["spec.top_k"]), cfs,
                                 int(first.get("spec.min_capacity") or 0))
         ax.plot(cfs, ref, color="0.3", ls="--", lw=1, label="binomial expectation, uniform routing")
-        _lines(g, "capacity factor", "drop rate", "routing", multi, ax, hue_order=hue_order,
+        _lines(g, "capacity factor", "drop rate", "routing", list(run_colors(d)), ax, hue_order=hue_order,
                legend=ax is axes[0])
         ax.set(title=panel, xlabel="capacity factor CF", ylabel="drop rate (assignments not computed)")
     for ax in axes[len(panels):]:
@@ -313,10 +316,9 @@ def peer(df: pd.DataFrame) -> Plot | None:
     d["retrieval"] = [f"{r}, heads={h}, k={k}, D={dm}" for r, h, k, dm in
                       zip(_text(d, "spec.peer_retrieval"), d["spec.peer_heads"], d["spec.peer_k"],
                           d["spec.d_model"], strict=True)]
-    multi = _multi_run(d)
     fig = _figure(8.5, 5)
     ax = _axes(fig)
-    _lines(d, "N experts", "latency (s)", "retrieval", multi, ax)
+    _lines(d, "N experts", "latency (s)", "retrieval", list(run_colors(d)), ax)
     floor = d.groupby("N experts")["floor (s)"].min().dropna()
     if not floor.empty:
         ax.plot(floor.index, floor.to_numpy(), color="0.2", ls="--", marker="v", ms=7,

@@ -50,6 +50,7 @@ def mixed_cases() -> list[dict]:
         case("variant=token_choice,backend=loop", {"variant": "token_choice", "backend": "loop"},
              loads=[130, 120, 140, 110, 125, 125, 130, 144]),
         case("<script>alert(1)</script>", {"variant": "<script>alert(1)</script>"}),
+        case("odd=$^{$", {"variant": "odd=$^{$"}),  # text between two $ is not a matplotlib formula here
         case("granularity=1", {"granularity": 1}, metrics={**phases, "analytic_routing_flop_share": 0.01}),
         case("granularity=8", {"granularity": 8}, spec={"n_experts": 64, "top_k": 16, "d_ff": 16},
              metrics={**phases, "phase_router_s": 0.004, "phase_dispatch_s": 0.002, "phase_combine_s": 0.002,
