@@ -11,6 +11,7 @@ moved into place at the end, so bad input (ValueError) or a crash leaves nothing
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -33,7 +34,7 @@ TABLE_NOTE = ("median, p10-p90 and the 95% confidence interval of the median are
 
 def default_output(runs) -> Path:
     """reports/<suite>-<date>.html, the date the (newest) run started."""
-    suites = "+".join(dict.fromkeys(r.suite for r in runs))
+    suites = re.sub(r"[^\w.+-]", "_", "+".join(dict.fromkeys(r.suite for r in runs))).strip("._") or "results"
     dates = sorted(str(r.record.get("started") or "")[:10] for r in runs)
     date = dates[-1].replace("-", "") if dates and dates[-1] else datetime.now().strftime("%Y%m%d")
     return Path("reports") / f"{suites}-{date}.html"

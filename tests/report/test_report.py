@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from report_records import ENV, case, mixed_cases, write_run
 
 from moebench.cli import cli
-from moebench.report import make_report, plots
+from moebench.report import default_output, make_report, plots
 from moebench.report.data import load_runs
 
 
@@ -23,6 +24,7 @@ def test_text_from_results_is_escaped(mixed_run, tmp_path):
     html = out.read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script" not in html  # the page itself carries no script, so any would be injected
+    assert re.findall(r'(?:src|href)="([^"]*)"', html) == [f"r_files/{n}.png" for n in plots.FIGURES]  # no network
     assert "RuntimeError: &lt;b&gt;boom&lt;/b&gt; &amp; more" in html  # failed case listed with its error
 
 
@@ -93,6 +95,12 @@ def test_default_output_is_reports_suite_date(mixed_run, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "reports" / "quick-20260102.html").is_file()
     assert (tmp_path / "reports" / "quick-20260102_files" / "throughput.png").is_file()
+
+
+def test_the_default_name_is_a_file_name_even_for_an_odd_suite_name(tmp_path):
+    path = write_run(tmp_path / "x.jsonl", [case("a", {"variant": "hash"})], suite="../my suite")
+    runs, _ = load_runs([path])
+    assert default_output(runs) == Path("reports") / "my_suite-20260102.html"  # a file name, not a path
 
 
 def test_a_second_report_replaces_the_first_and_leaves_no_temporary_files(mixed_run, tmp_path):
