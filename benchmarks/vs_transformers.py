@@ -1,6 +1,7 @@
 """moebench's dispatch backends against transformers' experts implementations, side by side.
 
-    python benchmarks/vs_transformers.py [--quick] [--G 1,4,8,16] [--dtypes float32,bfloat16] [--json out.json]
+    python benchmarks/vs_transformers.py [--quick] [--G 1,4,8,16] [--dtypes float32,bfloat16] [--threads N]
+                                         [--backends a,b] [--json out.json]
 
 For each granularity G and dtype it builds a Mixtral-like block (transformers' MixtralSparseMoeBlock,
 T=2048 tokens, D=512, E=8G experts, K=2G per token, F=1408/G, so the expert FLOPs stay fixed while
@@ -10,7 +11,8 @@ same input once with the block's router and times only the routed experts on tha
     transformers  block.experts(x, top_k_index, top_k_weights) with config._experts_implementation
                   = eager | grouped_mm | batched_mm (batched_mm copies one weight matrix per
                   assignment, T*K*3*F*D elements: run only where that fits in memory)
-    moebench      layer.experts(x, routing) with every registered backend but the loop reference
+    moebench      layer.experts(x, routing) with every registered backend that runs here but the loop
+                  reference and triton (on CPU only the Triton interpreter: pass --backends to add it)
 
 Before timing, every output is checked equal to a float32 reference (moebench's loop on float32 copies
 of the same inputs; scaled max error within the dtype's tolerance), and the whole moebench layer
@@ -39,6 +41,7 @@ from moebench.interop.hf import from_hf_block
 from moebench.measure.ceilings import gemm_samples
 from moebench.measure.timers import CpuTimer, measure
 from moebench.routing.assignment import Routing
+from moebench.spec import LayerSpec
 
 T, D, F_BASE, E_BASE, K_BASE = 2048, 512, 1408, 8, 2
 # Scaled max error against the float32 reference: moebench accumulates in float32 (tests/dispatch's
@@ -48,6 +51,14 @@ HF_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 6e-2}
 HF_IMPLS = ("eager", "grouped_mm", "batched_mm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MEMORY_FRACTION = 0.4  # run batched_mm only if its weight copies take < this share of available memory
+
+
+def runs_here(name: str) -> bool:
+    try:
+        BACKENDS[name].check(LayerSpec(backend=name))
+    except ValueError:
+        return False
+    return True
 
 
 def expert_flops(G: int) -> float:
@@ -190,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16", help="float32 and/or bfloat16")
     parser.add_argument("--backends", default=None, help="moebench backends (default: all but loop)")
     parser.add_argument("--json", default=None, help="also write every number to this JSON file")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's); 1 is robust on a shared, loaded machine")
     args = parser.parse_args(argv)
     try:
         Gs = [int(g) for g in args.G.split(",")]
@@ -200,12 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         print(f"error: {exc} (dtypes: {', '.join(DTYPES)})", file=sys.stderr)
         return 2
-    backends = args.backends.split(",") if args.backends else [b for b in BACKENDS if b != "loop"]
+    # Default: every backend that runs here, but the loop reference and triton (on CPU only under the
+    # Triton interpreter, a correctness tool: timing it means nothing).
+    backends = args.backends.split(",") if args.backends else [
+        b for b in BACKENDS if b not in ("loop", "triton") and runs_here(b)]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         print(f"error: --backends {unknown} unknown; valid: {', '.join(BACKENDS)}", file=sys.stderr)
         return 2
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()}")
+    refused = [b for b in backends if not runs_here(b)]
+    if refused:
+        print(f"error: --backends {refused} cannot run on this machine", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"error: --threads {args.threads} invalid: must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
     cases, lines = [], []
     for dtype in dtypes:
         for G in Gs:
