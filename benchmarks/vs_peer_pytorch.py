@@ -2,7 +2,9 @@
 
 Config (issue 5): N = 1024^2 experts, D = 512, H = 8 heads, k = 16 experts per head
 (non_competing_scores=False: softmax over the k), dim_key = D/2, T = 1024 tokens, float32, eval, no grad.
-Outputs are checked equal before anything is timed. Every time is the median of timers.measure.
+Outputs are checked equal before anything is timed; every time is the median of timers.measure.
+moebench runs with collect_stats=False (routing statistics are its extra; PEER-pytorch computes none);
+"compile" is its torch.compile'd gather-dot (moebench.kernels.peer_experts).
 
 The floor is what the hardware allows for the two unavoidable costs, both measured in this run:
     sub-key scoring: 2*T*H*2*R*Q FLOPs at the dense-GEMM rate of a GEMM with those FLOPs
@@ -11,12 +13,19 @@ The floor is what the hardware allows for the two unavoidable costs, both measur
                      memory-copy bandwidth (copy of that many bytes)
 "of floor" = floor / time: 1.0 would be the floor itself, 0.5 is "within 2x".
 
-    python benchmarks/vs_peer_pytorch.py            # the issue's config (~8 GiB of weights: shared)
+    python benchmarks/vs_peer_pytorch.py            # the issue's config (4 GiB of expert weights, one copy)
     python benchmarks/vs_peer_pytorch.py --quick    # N = 256^2, T = 256: a smoke test in seconds
 Axis legend: T tokens, D model dim, H heads, N experts, R = sqrt(N) sub-keys, Q = dim_key, k per head.
 """
 
+# ruff: noqa: E402 (THP_MEM_ALLOC_ENABLE must be set before torch is imported)
 from __future__ import annotations
+
+import os
+
+# Huge pages for torch's large CPU allocations (read by torch when it allocates): the expert tables are
+# 2 GiB each and gathers hit random rows, so 4 KiB pages cost a TLB miss per row. Both sides get them.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse
 import math
@@ -35,6 +44,7 @@ def build(N: int, D: int, H: int, k: int, seed: int = 0):
     torch.manual_seed(seed)
     theirs = PEER(D, heads=H, num_experts=N, num_experts_per_head=k, non_competing_scores=False).eval()
     ours = from_peer_pytorch(theirs).eval()
+    ours.peer.collect_stats = False  # routing statistics are moebench's extra, PEER-pytorch has none
     # Same weights, one copy: at N = 1024^2 each of u, v is 2 GiB. Ours holds views of theirs.
     ours.peer.u_ND.data = theirs.weight_down_embed.weight.data
     ours.peer.v_ND.data = theirs.weight_up_embed.weight.data

@@ -7,12 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moebench import LayerSpec
-from moebench.dispatch import get_backend
-from moebench.dispatch.loop import run_loop
-from moebench.dispatch.triton import run_triton
-from moebench.kernels.grouped_triton import tile_schedule
-from moebench.routing.assignment import Routing
+pytest.importorskip("triton")
+
+from moebench import LayerSpec  # noqa: E402
+from moebench.dispatch import get_backend  # noqa: E402
+from moebench.dispatch.loop import run_loop  # noqa: E402
+from moebench.dispatch.triton import run_triton  # noqa: E402
+from moebench.kernels.grouped_triton import tile_schedule  # noqa: E402
+from moebench.routing.assignment import Routing  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

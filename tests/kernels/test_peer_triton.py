@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moebench.kernels.peer_experts import peer_experts
-from moebench.kernels.peer_triton import peer_experts_triton
-from moebench.layers.peer import PEER
-from moebench.spec import LayerSpec
+pytest.importorskip("triton")
+
+from moebench.kernels.peer_experts import peer_experts  # noqa: E402
+from moebench.kernels.peer_triton import peer_experts_triton  # noqa: E402
+from moebench.layers.peer import PEER  # noqa: E402
+from moebench.spec import LayerSpec  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
