@@ -18,8 +18,6 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-import matplotlib
-
 from moebench.report import plots
 from moebench.report.data import conditions, load_runs
 from moebench.report.html import Section, cases_table, esc, failures_table, figure_html, page
@@ -56,12 +54,10 @@ def make_report(paths, out: str | Path | None = None) -> Path:
         for name in plots.figures_for(r.kind for r in runs):
             title, make, caption = plots.FIGURES[name]
             png = tmp / files_name / f"{name}.png"
-            # labels come from results: "$...$" in one is text, not a matplotlib formula
-            with matplotlib.rc_context({"text.parse_math": False}):
-                plot = make(df)
-                if plot is None:
-                    continue
-                plot.figure.savefig(png, dpi=DPI, metadata={"Software": None})
+            plot = make(df)
+            if plot is None:
+                continue
+            plot.figure.savefig(png, dpi=DPI, metadata={"Software": None})
             width, height = _png_size(png)
             img = figure_html(f"{files_name}/{name}.png", title, width, height)
             sections.append(Section(title, f"{img}\n<p class=\"caption\">{esc(caption)}</p>",

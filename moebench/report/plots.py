@@ -15,6 +15,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from moebench.accounting import krajewski_router_share
 from moebench.report.data import column, ok_cases
@@ -54,7 +55,19 @@ def case_label(params: dict, drop: tuple[str, ...] = ()) -> str:
     if "backend" in params:
         head = f"{head}/{params.pop('backend')}" if head else str(params.pop("backend"))
     rest = [f"{k}={v}" for k, v in sorted(params.items())]
-    return ", ".join(x for x in [head, *rest] if x) or "base"
+    return _plain(", ".join(x for x in [head, *rest] if x) or "base")
+
+
+def _plain(text) -> str:
+    """Text from results, escaped for matplotlib: "$...$" in a label is text, not a formula."""
+    return str(text).replace("$", r"\$")
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished cases, with "run label": the run name as matplotlib should print it."""
+    d = ok_cases(df).copy()
+    d["run label"] = [_plain(r) for r in d["run"]]
+    return d
 
 
 def _text(df: pd.DataFrame, col: str) -> pd.Series:
@@ -66,7 +79,7 @@ def _text(df: pd.DataFrame, col: str) -> pd.Series:
 
 def run_colors(df: pd.DataFrame) -> dict:
     """run label -> colour, in order of first appearance."""
-    runs = list(dict.fromkeys(df["run"]))
+    runs = list(dict.fromkeys(df["run label"]))
     return dict(zip(runs, sns.color_palette(n_colors=max(len(runs), 1)), strict=True))
 
 
@@ -77,8 +90,19 @@ def _multi_run(df: pd.DataFrame) -> bool:
 def _lines(data: pd.DataFrame, x: str, y: str, hue: str, runs: list[str], ax, **kwargs) -> None:
     """Lines through the points of each hue, every point marked (a lone point shows too); the run
     is the marker style when several runs are compared (style_order: the same marker in every panel)."""
-    style = {"style": "run", "style_order": runs, "markers": True} if len(runs) > 1 else {"marker": "o"}
+    style = {"style": "run label", "style_order": runs, "markers": True} if len(runs) > 1 else {"marker": "o"}
     sns.lineplot(data, x=x, y=y, hue=hue, dashes=False, ax=ax, errorbar=None, markersize=7, **style, **kwargs)
+
+
+def _log_ticks(axis, values) -> None:
+    """Plain-number labels on a log axis: 1-2-5 steps when the values span under two decades,
+    decades beyond (matplotlib's own minor labels overlap over about two decades)."""
+    v = pd.to_numeric(pd.Series(list(values)), errors="coerce")
+    v = v[v > 0]
+    subs = (1.0,) if v.empty or v.max() / v.min() >= 100 else (1.0, 2.0, 5.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _spans_decades(values: pd.Series, decades: float = 1.5) -> bool:
@@ -91,11 +115,11 @@ def _spans_decades(values: pd.Series, decades: float = 1.5) -> bool:
 def throughput(df: pd.DataFrame) -> Plot | None:
     """Tokens/s per case, and the expert FLOP rate against the same run's measured dense-GEMM
     ceiling (frac_of_ceiling = expert FLOP rate / ceiling, so rate = frac * ceiling)."""
-    d = ok_cases(df)
+    d = _ok(df)
     d = d[column(d, "tokens_per_s") > 0].copy()
     if d.empty:
         return None
-    d["group"] = [f"{m}, {t}, T={n}" for m, t, n in
+    d["group"] = [_plain(f"{m}, {t}, T={n}") for m, t, n in
                   zip(_text(d, "workload.mode"), _text(d, "spec.dtype"), _text(d, "workload.tokens"), strict=True)]
     d["case"] = [case_label(p, ("mode", "dtype", "tokens")) for p in d["case_params"]]
     d["tokens/s"] = column(d, "tokens_per_s")
@@ -111,19 +135,23 @@ def throughput(df: pd.DataFrame) -> Plot | None:
     log_tps = _spans_decades(d["tokens/s"])
     runs = run_colors(d)
     # a fixed run -> colour map, so a run keeps its colour in panels where another run is missing
-    hue = {"hue": "run", "hue_order": list(runs), "palette": runs} if multi else {"color": runs[d["run"].iloc[0]]}
+    first = runs[d["run label"].iloc[0]]
+    hue = {"hue": "run label", "hue_order": list(runs), "palette": runs} if multi else {"color": first}
     for i, group in enumerate(groups):
         g = d[d["group"] == group]
         left, right = axes[i]
         sns.barplot(g, x="tokens/s", y="case", ax=left, errorbar=None, legend=False, **hue)
-        left.set(title=group, ylabel="", xlabel="tokens/s (median latency)", xscale="log" if log_tps else "linear")
+        left.set(title=group, ylabel="", xlabel="tokens/s (median latency)" + (", log" if log_tps else ""),
+                 xscale="log" if log_tps else "linear")
+        if log_tps:
+            _log_ticks(left.xaxis, d["tokens/s"])
         if g["ceiling GFLOP/s"].notna().any():
             sns.barplot(g, x="expert GFLOP/s", y="case", ax=right, errorbar=None, legend=False, **hue)
             # the ceiling as a dashed outline drawn over the bar, so it shows where a bar passes it
             sns.barplot(g, x="ceiling GFLOP/s", y="case", ax=right, errorbar=None, fill=False, legend=False,
                         linestyle="--", linewidth=1.2, **(hue if multi else {"color": "0.2"}))
         right.set(title=group, ylabel="", yticklabels=[], xlabel="expert GFLOP/s (bars) vs ceiling (dashed)")
-    bar_color = "0.55" if multi else runs[d["run"].iloc[0]]
+    bar_color = "0.55" if multi else first
     handles = [_legend_patch("bars: expert FLOPs / median latency", bar_color, True),
                _legend_patch("dashed: measured ceiling, dense GEMM of the same rows, same run", "0.2", False)]
     if multi:  # the run colours, in the figure legend below the panels, off the bars
@@ -146,14 +174,15 @@ def routing_tax(df: pd.DataFrame) -> Plot | None:
     """Stacked per-phase shares of the phase sum over G, with the analytic routing FLOP share of the
     layer and Krajewski et al.'s routing share of a whole block overlaid; the crossover is the first
     G where routing time (router + dispatch + combine) exceeds expert time."""
-    d = ok_cases(df)
+    d = _ok(df)
     d = d[[isinstance(p, dict) and "granularity" in p for p in d["case_params"]]].copy()
     d = d[column(d, "phase_experts_s") > 0]
     if d.empty:
         return None
     d["G"] = [int(p["granularity"]) for p in d["case_params"]]
     multi = _multi_run(d)
-    d["panel"] = [f"{r} · {t}" if multi else t for r, t in zip(d["run"], _text(d, "spec.dtype"), strict=True)]
+    d["panel"] = [f"{r} · {_plain(t)}" if multi else _plain(t)
+                  for r, t in zip(d["run label"], _text(d, "spec.dtype"), strict=True)]
     panels = list(dict.fromkeys(d["panel"]))
     fig = _figure(max(7.0, 5.2 * len(panels)), 4.6)
     axes = np.atleast_1d(_axes(fig, 1, len(panels), squeeze=False)[0])
@@ -204,7 +233,7 @@ def _distribution(row) -> str:
     if name == "router":
         return "layer's own router (not forced)"
     extra = (row.get("case_params") or {}).get("routing_params") or {}
-    return " ".join([str(name), *(f"{k}={v}" for k, v in sorted(extra.items()))])
+    return _plain(" ".join([str(name), *(f"{k}={v}" for k, v in sorted(extra.items()))]))
 
 
 def uniform_reference(T: int, E: int, K: int, cfs, min_capacity: int = 0) -> list[float]:
@@ -215,7 +244,7 @@ def uniform_reference(T: int, E: int, K: int, cfs, min_capacity: int = 0) -> lis
 def drops(df: pd.DataFrame) -> Plot | None:
     """Measured drop rate against capacity factor per routing distribution, per (E, K, policy),
     beside the binomial expectation for uniform routing."""
-    d = ok_cases(df)
+    d = _ok(df)
     d = d[column(d, "spec.capacity_factor").notna() & column(d, "drop_rate").notna()].copy()
     if "spec.variant" in d:
         d = d[d["spec.variant"] != "expert_choice"]
@@ -225,7 +254,7 @@ def drops(df: pd.DataFrame) -> Plot | None:
     d["drop rate"] = column(d, "drop_rate")
     d["routing"] = [_distribution(r) for _, r in d.iterrows()]
     d["T"] = column(d, "workload.tokens").fillna(0).astype(int) * column(d, "workload.batch").fillna(1).astype(int)
-    d["panel"] = [f"{v}, E={e}, K={k}\n{p} policy, T={t}" for v, e, k, p, t in
+    d["panel"] = [_plain(f"{v}, E={e}, K={k}\n{p} policy, T={t}") for v, e, k, p, t in
                   zip(_text(d, "spec.variant"), d["spec.n_experts"], d["spec.top_k"], _text(d, "spec.drop_policy"),
                       d["T"], strict=True)]
     panels = sorted(dict.fromkeys(d["panel"]))
@@ -263,13 +292,13 @@ MAX_HEATMAP_ROWS = 40
 
 def expert_load(df: pd.DataFrame) -> Plot | None:
     """Kept load per expert divided by the mean load, one heatmap row per case, one panel per E."""
-    d = ok_cases(df)
+    d = _ok(df)
     d = d[[isinstance(v, list) and len(v) > 1 and sum(v) > 0 for v in d["loads"]]].copy()
     if d.empty:
         return None
     d["E"] = [len(v) for v in d["loads"]]
     prefix = _multi_run(d)
-    d["row"] = [(f"{r}: " if prefix else "") + c for r, c in zip(d["run"], d["case_id"], strict=True)]
+    d["row"] = [(f"{r}: " if prefix else "") + c for r, c in zip(d["run"], d["case_id"], strict=True)]  # raw text
     sizes = sorted(d["E"].unique())
     heights = [min(int((d["E"] == e).sum()), MAX_HEATMAP_ROWS) for e in sizes]
     fig = _figure(11, 1.2 + sum(0.9 + 0.24 * h for h in heights))
@@ -278,7 +307,7 @@ def expert_load(df: pd.DataFrame) -> Plot | None:
     for ax, E in zip(axes[:, 0], sizes, strict=True):
         g = d[d["E"] == E].head(MAX_HEATMAP_ROWS)
         grid = pd.DataFrame([np.asarray(v, dtype=float) / np.mean(v) for v in g["loads"]],
-                            index=[_clip(s, 70) for s in g["row"]])
+                            index=[_plain(_clip(s, 70)) for s in g["row"]])
         with warnings.catch_warnings():
             # heatmap draws once to test its tick labels for overlap, before they are laid out
             warnings.filterwarnings("ignore", "constrained_layout not applied")
@@ -304,7 +333,7 @@ def _clip(text: str, n: int) -> str:
 def peer(df: pd.DataFrame) -> Plot | None:
     """PEER median latency against the number of experts N on log-log axes, product keys against
     brute force, with the bandwidth floor: the expert rows each step must read, at copy bandwidth."""
-    d = ok_cases(df)
+    d = _ok(df)
     if "spec.variant" not in d:
         return None
     d = d[(d["spec.variant"] == "peer") & (column(d, "latency_s") > 0)].copy()
@@ -313,7 +342,7 @@ def peer(df: pd.DataFrame) -> Plot | None:
     d["N experts"] = column(d, "spec.peer_experts")
     d["latency (s)"] = column(d, "latency_s")
     d["floor (s)"] = column(d, "floor_s").fillna(column(d, "bandwidth_floor_s"))
-    d["retrieval"] = [f"{r}, heads={h}, k={k}, D={dm}" for r, h, k, dm in
+    d["retrieval"] = [_plain(f"{r}, heads={h}, k={k}, D={dm}") for r, h, k, dm in
                       zip(_text(d, "spec.peer_retrieval"), d["spec.peer_heads"], d["spec.peer_k"],
                           d["spec.d_model"], strict=True)]
     fig = _figure(8.5, 5)
@@ -325,6 +354,8 @@ def peer(df: pd.DataFrame) -> Plot | None:
                 label="bandwidth floor: expert rows read / copy bandwidth")
     ax.set(xscale="log", yscale="log", xlabel="number of experts N (log)", ylabel="median latency per step, s (log)",
            title="PEER: product-key retrieval vs brute force")
+    _log_ticks(ax.xaxis, d["N experts"])
+    _log_ticks(ax.yaxis, [*d["latency (s)"], *d["floor (s)"]])
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return Plot(fig, d)
 
@@ -341,27 +372,30 @@ MEMORY_QUANTITIES = {
 
 def memory(df: pd.DataFrame) -> Plot | None:
     """Measured memory (peak above live, weights) beside the analytic byte counts, per case."""
-    d = ok_cases(df)
+    d = _ok(df)
     d = d[column(d, "peak_bytes") > 0].copy()
     if d.empty:
         return None
-    d["case"] = [f"{case_label(p)} [{m}]" for p, m in zip(d["case_params"], _text(d, "workload.mode"), strict=True)]
-    long = d.melt(id_vars=["run", "case"], value_vars=[k for k in MEMORY_QUANTITIES if k in d],
+    d["case"] = [f"{case_label(p)} [{_plain(m)}]"
+                 for p, m in zip(d["case_params"], _text(d, "workload.mode"), strict=True)]
+    long = d.melt(id_vars=["run label", "case"], value_vars=[k for k in MEMORY_QUANTITIES if k in d],
                   var_name="quantity", value_name="bytes")
     long["MiB"] = pd.to_numeric(long["bytes"], errors="coerce") / 2**20
     long = long[long["MiB"] > 0]
     long["quantity"] = long["quantity"].map(MEMORY_QUANTITIES)
     order = list(dict.fromkeys(long["case"]))
     hue_order = [q for q in MEMORY_QUANTITIES.values() if q in set(long["quantity"])]
-    run_names = list(dict.fromkeys(long["run"]))
+    run_names = list(dict.fromkeys(long["run label"]))
     log = _spans_decades(long["MiB"])
     fig = _figure(11 if len(run_names) == 1 else 7 + 4 * len(run_names), 2.0 + 0.55 * len(order))
     axes = _axes(fig, 1, len(run_names), squeeze=False, sharex=True, sharey=True)[0]
     for ax, run in zip(axes, run_names, strict=True):  # one panel per run, side by side, same cases on each row
-        sns.barplot(long[long["run"] == run], x="MiB", y="case", hue="quantity", order=order, hue_order=hue_order,
+        sns.barplot(long[long["run label"] == run], x="MiB", y="case", hue="quantity", order=order, hue_order=hue_order,
                     ax=ax, errorbar=None, palette="Paired")
         ax.set(xscale="log" if log else "linear", ylabel="", xlabel="MiB (log)" if log else "MiB",
                title=run if len(run_names) > 1 else "")
+        if log:
+            _log_ticks(ax.xaxis, long["MiB"])
         handles, labels = ax.get_legend_handles_labels()
         ax.get_legend().remove()
     fig.suptitle("Memory: measured against analytic")

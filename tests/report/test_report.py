@@ -77,6 +77,15 @@ def test_several_runs_side_by_side(mixed_run, tmp_path):
     assert plots.throughput(df).data["run"].nunique() == 2
 
 
+def test_dollar_signs_in_run_names_and_labels_are_drawn_as_text(tmp_path):
+    runs = [write_run(tmp_path / f"{i}.jsonl", mixed_cases(), run_id=f"run {i} $^{{$") for i in (1, 2)]
+    html = make_report(runs, tmp_path / "r.html").read_text()  # mathtext would raise on "$^{$"
+    assert "run 1 $^{$: device cpu" in html
+    _, df = load_runs(runs)
+    labels = [t.get_text() for t in plots.throughput(df).figure.axes[0].get_yticklabels()]
+    assert r"odd=\$^{\$" in labels  # escaped for matplotlib, which prints a plain "$"
+
+
 def test_the_same_run_given_twice_gets_two_labels(mixed_run):
     runs, _ = load_runs([mixed_run, mixed_run])
     assert [r.label for r in runs] == ["quick-20260102-030405-cpu", "quick-20260102-030405-cpu (2)"]
