@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -270,7 +271,9 @@ def drops(df: pd.DataFrame) -> Plot | None:
         cfs = np.linspace(min(lo, 0.5), max(hi, 2.0), 31)
         ref = uniform_reference(int(first["T"]), int(first["spec.n_experts"]), int(first["spec.top_k"]), cfs,
                                 int(first.get("spec.min_capacity") or 0))
-        ax.plot(cfs, ref, color="0.3", ls="--", lw=1, label="binomial expectation, uniform routing")
+        # drawn over the points: measured uniform routing lies on it and would hide it
+        ax.plot(cfs, ref, color="black", ls=(0, (4, 3)), lw=1.2, zorder=5,
+                label="binomial expectation, uniform routing")
         _lines(g, "capacity factor", "drop rate", "routing", list(run_colors(d)), ax, hue_order=hue_order,
                legend=ax is axes[0])
         ax.set(title=panel, xlabel="capacity factor CF", ylabel="drop rate (assignments not computed)")
@@ -297,8 +300,6 @@ def expert_load(df: pd.DataFrame) -> Plot | None:
     if d.empty:
         return None
     d["E"] = [len(v) for v in d["loads"]]
-    prefix = _multi_run(d)
-    d["row"] = [(f"{r}: " if prefix else "") + c for r, c in zip(d["run"], d["case_id"], strict=True)]  # raw text
     sizes = sorted(d["E"].unique())
     heights = [min(int((d["E"] == e).sum()), MAX_HEATMAP_ROWS) for e in sizes]
     fig = _figure(11, 1.2 + sum(0.9 + 0.24 * h for h in heights))
@@ -307,12 +308,13 @@ def expert_load(df: pd.DataFrame) -> Plot | None:
     for ax, E in zip(axes[:, 0], sizes, strict=True):
         g = d[d["E"] == E].head(MAX_HEATMAP_ROWS)
         grid = pd.DataFrame([np.asarray(v, dtype=float) / np.mean(v) for v in g["loads"]],
-                            index=[_plain(_clip(s, 70)) for s in g["row"]])
+                            index=_row_labels(g))
         with warnings.catch_warnings():
             # heatmap draws once to test its tick labels for overlap, before they are laid out
             warnings.filterwarnings("ignore", "constrained_layout not applied")
             warnings.filterwarnings("ignore", "The set_bad function", PendingDeprecationWarning)
-            sns.heatmap(grid, ax=ax, cmap="vlag", center=1.0, vmin=0.0, vmax=vmax,
+            # two slopes: 0 (dead) is full blue and the busiest expert full red, whatever vmax is
+            sns.heatmap(grid, ax=ax, cmap="vlag", norm=TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax),
                         xticklabels=int(max(1, E // 16)), yticklabels=True, cbar=False)
         shown = "" if (d["E"] == E).sum() <= MAX_HEATMAP_ROWS else f" (first {MAX_HEATMAP_ROWS} cases)"
         ax.set(title=f"E = {E} experts{shown}", xlabel="expert index", ylabel="")
@@ -324,8 +326,21 @@ def expert_load(df: pd.DataFrame) -> Plot | None:
     return Plot(fig, d)
 
 
+def _row_labels(g: pd.DataFrame) -> list[str]:
+    """Case labels without the axes every row of the panel shares (they go unsaid), run-prefixed
+    when several runs are shown; cut to 70 characters."""
+    params = list(g["case_params"])
+    shared = {k for k in set().union(*params) if all(k in p and p[k] == params[0][k] for p in params)}
+    if len(params) == 1:
+        shared = set()
+    labels = [case_label({k: v for k, v in p.items() if k not in shared}) for p in params]
+    if g["run"].nunique() > 1:
+        labels = [f"{r}: {label}" for r, label in zip(g["run label"], labels, strict=True)]
+    return [_clip(label, 70) for label in labels]
+
+
 def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1].rstrip("\\") + "…"
 
 
 # --- PEER -----------------------------------------------------------------------------------------
