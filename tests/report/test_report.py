@@ -19,19 +19,29 @@ def _images(html: str) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', html)
 
 
-def test_text_from_results_is_escaped(mixed_run, tmp_path):
-    out = make_report([mixed_run], tmp_path / "r.html")
-    html = out.read_text()
+@pytest.fixture(scope="module")
+def mixed_report(tmp_path_factory) -> Path:
+    """One report of the mixed run, shared by the tests that only read it."""
+    folder = tmp_path_factory.mktemp("mixed")
+    return make_report([write_run(folder / "quick-20260102-030405-cpu.jsonl", mixed_cases())], folder / "r.html")
+
+
+def _small_run(folder: Path) -> Path:
+    return write_run(folder / "small.jsonl", [case("variant=hash", {"variant": "hash"})])
+
+
+def test_text_from_results_is_escaped(mixed_report):
+    html = mixed_report.read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script" not in html  # the page itself carries no script, so any would be injected
     assert re.findall(r'(?:src|href)="([^"]*)"', html) == [f"r_files/{n}.png" for n in plots.FIGURES]  # no network
     assert "RuntimeError: &lt;b&gt;boom&lt;/b&gt; &amp; more" in html  # failed case listed with its error
 
 
-def test_mixed_kind_draws_every_figure_its_data_supports(mixed_run, tmp_path):
-    out = make_report([mixed_run], tmp_path / "r.html")
-    assert _images(out.read_text()) == [f"r_files/{name}.png" for name in plots.FIGURES]
-    assert sorted(p.name for p in (tmp_path / "r_files").iterdir()) == sorted(f"{n}.png" for n in plots.FIGURES)
+def test_mixed_kind_draws_every_figure_its_data_supports(mixed_report):
+    assert _images(mixed_report.read_text()) == [f"r_files/{name}.png" for name in plots.FIGURES]
+    files = sorted(p.name for p in (mixed_report.parent / "r_files").iterdir())
+    assert files == sorted(f"{n}.png" for n in plots.FIGURES)
 
 
 def test_a_suite_kind_draws_only_its_figures(tmp_path):
@@ -48,8 +58,8 @@ def test_a_figure_without_data_is_left_out(tmp_path):
     assert _images(html) == ["r_files/throughput.png", "r_files/memory.png"]
 
 
-def test_every_figure_and_table_carries_the_conditions_from_the_records(mixed_run, tmp_path):
-    html = make_report([mixed_run], tmp_path / "r.html").read_text()
+def test_every_figure_and_table_carries_the_conditions_from_the_records(mixed_report):
+    html = mixed_report.read_text()
     sections = html.count("<h2>")
     lines = re.findall(r'<div class="conditions">Conditions: <div>([^<]*)</div>', html)
     assert len(lines) == sections == len(plots.FIGURES) + 2  # figures, all cases, failed cases
@@ -98,9 +108,9 @@ def test_pngs_are_deterministic(mixed_run, tmp_path):
         assert png.read_bytes() == (b.parent / "r_files" / png.name).read_bytes(), png.name
 
 
-def test_default_output_is_reports_suite_date(mixed_run, tmp_path, monkeypatch):
+def test_default_output_is_reports_suite_date(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["report", str(mixed_run)])
+    result = CliRunner().invoke(cli, ["report", str(_small_run(tmp_path))])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "reports" / "quick-20260102.html").is_file()
     assert (tmp_path / "reports" / "quick-20260102_files" / "throughput.png").is_file()
@@ -112,12 +122,13 @@ def test_the_default_name_is_a_file_name_even_for_an_odd_suite_name(tmp_path):
     assert default_output(runs) == Path("reports") / "my_suite-20260102.html"  # a file name, not a path
 
 
-def test_a_second_report_replaces_the_first_and_leaves_no_temporary_files(mixed_run, tmp_path):
-    make_report([mixed_run], tmp_path / "r.html")
+def test_a_second_report_replaces_the_first_and_leaves_no_temporary_files(tmp_path):
+    run = _small_run(tmp_path)
+    make_report([run], tmp_path / "r.html")
     (tmp_path / "r_files" / "stale.png").write_bytes(b"old")
-    make_report([mixed_run], tmp_path / "r.html")
+    make_report([run], tmp_path / "r.html")
     assert not (tmp_path / "r_files" / "stale.png").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mixed_run.name, "r.html", "r_files"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([run.name, "r.html", "r_files"])
 
 
 def _bad_input(tmp_path, name, text):
