@@ -22,11 +22,21 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 
 from moebench.dispatch.common import activate
 
 IMPLS = ("torch", "compile", "triton")
 CHUNK_BYTES = 32 * 2**20  # default gather chunk: C*A*D*itemsize stays under this
+
+
+@register_flop_formula([torch.ops.aten._embedding_bag, torch.ops.aten._embedding_bag_forward_only])
+def _embedding_bag_flops(weight_shape, indices_shape, *args, out_shape=None, **kwargs) -> int:
+    """For torch's FlopCounterMode, which has no formula for embedding_bag: the weighted sum is one
+    multiply-add (2 FLOPs) per gathered element, the plain sum one add; the same count as the matmul
+    it replaces here, so counted FLOPs stay comparable with moebench.accounting."""
+    per_sample_weights = args[4] if len(args) > 4 else kwargs.get("per_sample_weights")
+    return (2 if per_sample_weights is not None else 1) * indices_shape.numel() * weight_shape[1]
 
 
 def chunk_tokens_for(A: int, D: int, itemsize: int, chunk_bytes: int = CHUNK_BYTES) -> int:

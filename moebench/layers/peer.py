@@ -2,13 +2,14 @@
 
     q_h = BN(W_q x)_h = [q1; q2]                    H query networks, each half of dim d_key/2
     s1 = q1 . C,  s2 = q2 . C'                      sub-key scores against n = sqrt(N) keys per half
-    top-k of s1, top-k of s2; score the k^2 sums s1_a + s2_b; top-k again   (expert i = a*n + b)
+    top-k of s1, top-k of s2 (sorted); score the sums s1_a + s2_b    (expert i = a*n + b)
+      of the rank pairs that can make the top k (candidate_pairs); top-k again
     g = softmax over the k retrieved scores (paper) or relu(score) ("non-competing", PEER-pytorch)
     y = sum_h sum_{i in top-k(h)} g_i * act(u_i . x) * v_i
 
 Product retrieval is exact: if (a, b) is in the top-k of all n^2 sums, a is in the top-k of s1 (else
 k rows a' beat it with the same b) and likewise b, so `brute` (score all N, top-k) picks the same
-experts up to ties. Product mode never forms [T, N]; it gathers [T, H, K, D] rows of u and v.
+experts up to ties. Product mode never forms [T, N], nor the gathered [T, H, K, D] rows of u and v.
 
 Keys: the paper's heads share one set of product keys (`shared_keys=True`, keys_GPRQ with G = 1);
 PEER-pytorch gives every head its own keys (`shared_keys=False`, G = H), needed to load its weights.
@@ -19,16 +20,18 @@ The gather + expert step (moebench.kernels.peer_experts) never forms [T, H*K, D]
 is one embedding_bag, the u side runs `chunk_tokens` tokens at a time (None: as many as fit in 32 MiB
 of gathered rows), so its extra memory is chunk_tokens*H*K*D elements. `experts_impl` picks "torch"
 (default), "compile" (torch.compile'd gather-dot, CPU or GPU) or "triton" (one fused kernel; CUDA or
-the Triton interpreter); all give the same results and gradients.
+the Triton interpreter); all give the same results and gradients up to summation order.
 `last_stats` is a RoutingStats over the N experts (T*H*K assignments, all kept), or None when
 `collect_stats` is False (it costs two bincounts over N per forward).
 
 Axis legend: T tokens, D model dim, H heads, N experts (= R**2), R sub-keys per half (n_keys),
-P = 2 query halves, Q = d_key/2 half query dim, K experts retrieved per head, G key sets (1 or H).
+P = 2 query halves, Q = d_key/2 half query dim, K experts retrieved per head, G key sets (1 or H),
+C candidate pairs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -40,6 +43,17 @@ from moebench.kernels.peer_experts import peer_experts
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing, RoutingStats
 from moebench.spec import LayerSpec
+
+
+@functools.cache
+def candidate_pairs(K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (i, j) rank pairs of the two sorted half top-Ks that can reach the top K of their sums.
+
+    Pair (i, j) is matched or beaten by every (i', j') with i' <= i, j' <= j: (i+1)(j+1) sums. So it can
+    be in the top K only if (i+1)(j+1) <= K: C = sum_i floor(K / i) pairs (50 for K = 16, not 256)."""
+    pairs = [(i, j) for i in range(K) for j in range(K) if (i + 1) * (j + 1) <= K]
+    i_C, j_C = torch.tensor(pairs, dtype=torch.long, device=device).T
+    return i_C, j_C
 
 
 class PEER(nn.Module):
@@ -86,10 +100,11 @@ class PEER(nn.Module):
         if self.spec.peer_retrieval == "brute":
             all_THN = (s1_THR.unsqueeze(-1) + s2_THR.unsqueeze(-2)).flatten(-2)  # [T, H, R*R]
             return all_THN.topk(K, dim=-1)
-        top1_THK, a_THK = s1_THR.topk(K, dim=-1, sorted=False)  # the candidate step sorts
-        top2_THK, b_THK = s2_THR.topk(K, dim=-1, sorted=False)
-        cand_THC = (top1_THK.unsqueeze(-1) + top2_THK.unsqueeze(-2)).flatten(-2)  # C = K*K candidates
-        idx_THC = (a_THK.unsqueeze(-1) * R + b_THK.unsqueeze(-2)).flatten(-2)
+        top1_THK, a_THK = s1_THR.topk(K, dim=-1)  # sorted, descending
+        top2_THK, b_THK = s2_THR.topk(K, dim=-1)
+        i_C, j_C = candidate_pairs(K, s1_THR.device)
+        cand_THC = top1_THK[..., i_C] + top2_THK[..., j_C]
+        idx_THC = a_THK[..., i_C] * R + b_THK[..., j_C]
         score_THK, pick_THK = cand_THC.topk(K, dim=-1)
         return score_THK, idx_THC.gather(-1, pick_THK)
 

@@ -273,3 +273,17 @@ def test_experts_memory_is_one_chunk_not_tokens_by_retrievals_by_d():
         layer.experts(x_TD, gate_THK, idx_THK).sum().backward()
     # the gathered [T, H*K, D] would be 16384 elements; the dense du/dv [N, D] are 2048, [T, H*K] 2048
     assert mode.numel <= max(C * H * K * D, layer.spec.peer_experts * D, T * H * K) < T * H * K * D
+
+
+@pytest.mark.parametrize("K", [1, 2, 5, 16])
+def test_candidate_pairs_are_the_rank_pairs_that_can_reach_the_top_k(K):
+    from moebench.layers.peer import candidate_pairs
+
+    i_C, j_C = candidate_pairs(K, torch.device("cpu"))
+    assert ((i_C + 1) * (j_C + 1) <= K).all() and (i_C < K).all() and (j_C < K).all()
+    assert len(i_C) == sum(K // i for i in range(1, K + 1))  # 50 for K = 16
+    # on random sorted halves, the top K of the listed sums is the top K of all K*K sums
+    gen = torch.Generator().manual_seed(K)
+    top1, top2 = (torch.rand(200, K, generator=gen).sort(-1, descending=True).values for _ in range(2))
+    full = (top1[:, :, None] + top2[:, None, :]).flatten(1).topk(K, -1).values
+    assert torch.equal((top1[:, i_C] + top2[:, j_C]).topk(K, -1).values, full)
