@@ -19,8 +19,11 @@ img { max-width: 100%; height: auto; }
 .conditions { font-size: 0.8em; color: #555; margin: 0.3em 0 1.5em; }
 .conditions div { margin: 0.1em 0; }
 table { border-collapse: collapse; font-size: 0.8em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; vertical-align: top; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; vertical-align: top;
+         white-space: nowrap; }
 th { background: #f4f4f4; } td.text, th.text { text-align: left; }
+td.text { white-space: normal; overflow-wrap: anywhere; max-width: 32em; }
+.table { overflow-x: auto; }
 .bad { color: #b00; } .caption { font-size: 0.85em; margin: 0.3em 0; }
 pre { white-space: pre-wrap; margin: 0; font-size: 0.95em; }
 """
@@ -67,10 +70,12 @@ def _num(value, fmt: str, scale: float = 1.0) -> str:
 
 def table(headers: list[str], rows: list[list[str]], text_cols: set[int]) -> str:
     """rows hold already-escaped cell HTML; text_cols are left-aligned."""
-    cls = lambda i: ' class="text"' if i in text_cols else ""  # noqa: E731
+    def cls(i: int) -> str:
+        return ' class="text"' if i in text_cols else ""
+
     head = "".join(f"<th{cls(i)}>{esc(h)}</th>" for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def cases_table(df: pd.DataFrame, multi_run: bool) -> str:
@@ -87,7 +92,7 @@ def cases_table(df: pd.DataFrame, multi_run: bool) -> str:
     for i in range(len(df)):
         status = df["status"].iloc[i]
         row = ([esc(df["run"].iloc[i])] if multi_run else []) + [
-            esc(df["case_id"].iloc[i]),
+            esc(df["case_id"].iloc[i]).replace(",", ",<wbr>"),  # case ids have no spaces to wrap at
             f'<span class="{"" if status == "ok" else "bad"}">{esc(status)}</span>',
             _num(lat.iloc[i], ".3f", 1e3),
             f"{_num(p10.iloc[i], '.3f', 1e3)}–{_num(p90.iloc[i], '.3f', 1e3)}",
