@@ -210,3 +210,27 @@ def test_expert_load_rows_are_load_over_mean(mixed_run):
     mesh = plot.figure.axes[0].collections[0].get_array()
     loads = [130, 120, 140, 110, 125, 125, 130, 144]
     assert list(mesh.ravel()) == pytest.approx([v / (sum(loads) / 8) for v in loads])
+
+
+def test_peer_draws_product_keys_and_brute_force_on_log_axes_with_the_floor(tmp_path):
+    cases = [case(f"N={n},{r}", {"peer_experts": n, "peer_retrieval": r},
+                  spec={"variant": "peer", "peer_experts": n, "peer_retrieval": r},
+                  metrics={"latency_s": lat, "floor_s": n * 1e-7, "ceiling_flops_per_s": None})
+             for n, r, lat in [(1024, "product", 0.01), (65536, "product", 0.02),
+                               (1024, "brute", 0.02), (65536, "brute", 0.5)]]
+    _, df = load_runs([write_run(tmp_path / "p.jsonl", cases, kind="peer", suite="peer")])
+    ax = plots.peer(df).figure.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(s.startswith("product,") for s in labels) and any(s.startswith("brute,") for s in labels)
+    floor = lines["bandwidth floor: expert rows read / copy bandwidth"]
+    assert list(floor.get_xdata()) == [1024, 65536] and list(floor.get_ydata()) == pytest.approx([1024e-7, 65536e-7])
+
+
+def test_memory_labels_say_what_is_measured_and_what_is_analytic(mixed_run):
+    _, df = load_runs([mixed_run])
+    fig = plots.memory(df).figure
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == list(plots.MEMORY_QUANTITIES.values())
+    assert [s.split(":")[0] for s in labels] == ["measured", "measured", "analytic", "analytic"]
