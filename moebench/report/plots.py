@@ -16,7 +16,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from moebench.accounting import krajewski_router_share
 from moebench.report.data import column, ok_cases
@@ -96,13 +96,14 @@ def _lines(data: pd.DataFrame, x: str, y: str, hue: str, runs: list[str], ax, **
 
 
 def _log_ticks(axis, values) -> None:
-    """Plain-number labels on a log axis: 1-2-5 steps when the values span under two decades,
-    decades beyond (matplotlib's own minor labels overlap over about two decades)."""
+    """Labels on a log axis: 1-2-5 steps when the values span under two decades, decades beyond
+    (matplotlib's own minor labels overlap over about two decades)."""
     v = pd.to_numeric(pd.Series(list(values)), errors="coerce")
     v = v[v > 0]
     subs = (1.0,) if v.empty or v.max() / v.min() >= 100 else (1.0, 2.0, 5.0)
     axis.set_major_locator(LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # decades as 10^k; 1-2-5 steps as plain numbers (200, 500, 1000)
+    axis.set_major_formatter(LogFormatterSciNotation() if subs == (1.0,) else FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
