@@ -18,14 +18,7 @@ The floor is what the hardware allows for the two unavoidable costs, both measur
 Axis legend: T tokens, D model dim, H heads, N experts, R = sqrt(N) sub-keys, Q = dim_key, k per head.
 """
 
-# ruff: noqa: E402 (THP_MEM_ALLOC_ENABLE must be set before torch is imported)
 from __future__ import annotations
-
-import os
-
-# Huge pages for torch's large CPU allocations (read by torch when it allocates): the expert tables are
-# 2 GiB each and gathers hit random rows, so 4 KiB pages cost a TLB miss per row. Both sides get them.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse
 import math
