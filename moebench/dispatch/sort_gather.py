@@ -5,12 +5,15 @@ gather its tokens, run its GEMM pair, scale by the combine weights and add into 
             out_nD = w_out[e] @ act(w_in[e] @ x[token_rows])
             y_TD[token_rows] += weight_rows * out_nD          (float32, like the loop)
 
-Why one expert at a time (the fastest CPU path measured here, benchmarks/vs_transformers.py):
-gathering all T*K rows first and combining them last streams [T*K, D] buffers through memory
-(134 MB in fp32 at K=32), while one expert's rows, hidden activations and the [T, D] output stay
-in cache; the per-expert GEMMs are the same either way. Without autograd the activation and the
-weight scaling run in place on the GEMM outputs (no extra buffers); with autograd the same math
-runs out of place so every saved tensor stays valid.
+Why one expert at a time: gathering all T*K rows first and combining them last streams [T*K, D]
+buffers through memory (134 MB in fp32 at K=32), while one expert's rows, hidden activations and
+the [T, D] output stay in cache; the per-expert GEMMs are the same either way. Without autograd the
+activation and the weight scaling run in place on the GEMM outputs (no extra buffers); with autograd
+the same math runs out of place so every saved tensor stays valid.
+The cost: about 8 torch ops per expert (1000 at E=128). On an idle CPU each costs microseconds; on
+a machine with more runnable threads than cores every parallel op can wait a scheduler time slice
+for its second thread, and this backend slows down far more than the padded one (a few large
+ops). benchmarks/vs_transformers.py --threads 1 measures it free of that effect.
 
 One host sync (the per-expert counts) decides the slice boundaries.
 Axis legend: T tokens, D model dim, E experts, A assignments, S sorted kept assignments,
