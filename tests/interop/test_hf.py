@@ -108,8 +108,10 @@ def test_bf16_matches(name):
         y_hf, y_mb = block(x.clone()), layer(x)
     assert y_mb.dtype == torch.bfloat16
     # Same experts chosen (same router arithmetic); transformers rounds each expert's contribution
-    # (and Qwen2 its combine weights) to bf16 before summing, moebench sums in fp32: a few bf16 ulps.
-    torch.testing.assert_close(y_mb.float(), y_hf.float(), rtol=2e-2, atol=2e-2)
+    # (and Qwen2 its combine weights) to bf16 before summing, moebench sums in fp32: a few bf16 ulps
+    # of the largest summand, which can land on an output that the sum cancelled to a small value.
+    atol = 2 * torch.finfo(torch.bfloat16).eps * y_hf.float().abs().max().item()
+    torch.testing.assert_close(y_mb.float(), y_hf.float(), rtol=2e-2, atol=max(2e-2, atol))
 
 
 def test_inferred_specs():
