@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 from typing import Any
 
 import torch
@@ -80,13 +81,17 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
                 layer(state["x"], token_ids=state["ids"])
 
     timer = make_timer(device)
+    cpu_s: list[float] = []
+    slowdown = injected_slowdown_fraction()
     with _gpu_sampler(device) as gpu:  # clocks, power, energy, throttling while the samples run
-        samples = measure(injected_slowdown(step, device), timer, warmup=plan.warmup, min_samples=plan.min_samples,
-                          max_samples=plan.max_samples, budget_s=plan.budget_s, rel_ci_target=plan.rel_ci,
-                          setup=setup)
-    record: dict[str, Any] = {"samples": {"latency_s": samples.raw},
+        samples = measure(cpu_recorded(injected_slowdown(step, slowdown), cpu_s), timer, warmup=plan.warmup,
+                          min_samples=plan.min_samples, max_samples=plan.max_samples, budget_s=plan.budget_s,
+                          rel_ci_target=plan.rel_ci, setup=setup)
+    record: dict[str, Any] = {"samples": {"latency_s": samples.raw, "cpu_s": cpu_s[plan.warmup:]},
                               "timing": {k: v for k, v in samples.to_dict().items() if k != "raw"},
                               "routing": routing_info, "gpu": gpu.summary}
+    if slowdown:
+        record["injected_slowdown"] = slowdown  # a testing hook was on: never a real measurement
     metrics = _throughput_metrics(spec, samples.median, n_tokens, training)
     metrics["trainable_params"] = sum(p.numel() for p in trainable)
     metrics["params"] = sum(p.numel() for p in layer.parameters())
@@ -98,6 +103,7 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     metrics["analytic_routing_flop_share"] = routing_flops / sum(flops.values())
 
     _set_collect_stats(layer, True)
+    state["step"] = 0  # the same input whatever the sample count, so counters compare exactly across runs
     setup()
     step()  # one more forward, untimed, for its routing statistics
     _set_collect_stats(layer, False)
@@ -142,26 +148,53 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     return record
 
 
-def injected_slowdown(step, device: str):
-    """TESTING HOOK, never for real measurements: with MOEBENCH_INJECT_SLOWDOWN=F in the environment,
-    every timed step busy-waits an extra F times its own duration (F=0.15: 15% slower), so the CI
-    gate's power can be measured against a slowdown of known size (scripts/gate_quality.py, README
-    "CI regression gate"). Unset or 0: step itself, untouched."""
-    fraction = float(os.environ.get("MOEBENCH_INJECT_SLOWDOWN") or 0)
+def cpu_recorded(step, out: list[float]):
+    """step, appending the process CPU time of every call to out (warm-up calls first). Load from other
+    processes stretches wall time but hardly CPU time, so the CI gate judges this (compare.timing_key).
+    On CUDA it is host time only: the GPU's work shows in latency_s."""
+
+    def recorded() -> None:
+        t0 = time.process_time()
+        step()
+        out.append(time.process_time() - t0)
+
+    return recorded
+
+
+def injected_slowdown_fraction() -> float:
+    """TESTING HOOK, never for real measurements: MOEBENCH_INJECT_SLOWDOWN=F in the environment makes
+    every timed step F times its own cost longer (F=0.15: 15% slower), so the CI gate's power can be
+    measured against a slowdown of known size (scripts/gate_quality.py, README "CI regression gate").
+    Results record the fraction as `injected_slowdown`."""
+    value = os.environ.get("MOEBENCH_INJECT_SLOWDOWN") or "0"
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise ValueError(f"MOEBENCH_INJECT_SLOWDOWN={value!r} is invalid: a number >= 0") from None
+    if fraction < 0:
+        raise ValueError(f"MOEBENCH_INJECT_SLOWDOWN={value!r} is invalid: a number >= 0")
+    return fraction
+
+
+def injected_slowdown(step, fraction: float):
+    """step, followed by a busy-wait of `fraction` of its CPU time and at least that much wall time:
+    the extra cost shows in both series the gate may judge (a sleep would show in neither CPU time
+    nor, rounded by the scheduler, reliably in wall time)."""
     if fraction <= 0:
         return step
-    import time
 
     def slowed() -> None:
-        t0 = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         step()
-        if device == "cuda":
+        if torch.cuda.is_available():
             torch.cuda.synchronize()  # the step's own GPU time is part of what is stretched
-        end = time.perf_counter() + fraction * (time.perf_counter() - t0)
-        while time.perf_counter() < end:  # busy-wait: a sleep could be rounded up by the scheduler
+        wall_end = time.perf_counter() + fraction * (time.perf_counter() - wall0)
+        cpu_end = time.process_time() + fraction * (time.process_time() - cpu0)
+        while time.process_time() < cpu_end or time.perf_counter() < wall_end:
             pass
 
     return slowed
+
 
 @contextlib.contextmanager
 def _quiet_stderr():

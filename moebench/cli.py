@@ -178,7 +178,7 @@ def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) ->
                    "(default results/ab-DATE).")
 @click.option("--inject-slowdown", type=click.FloatRange(min=0), default=0.0, hidden=True,
               help="TESTING HOOK: slow the candidate by this fraction (gate-quality experiments only).")
-@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=0.10, show_default=True,
               help="Smallest slowdown (fraction) that can be called SLOW.")
 @click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Significance level of the Mann-Whitney test.")

@@ -42,7 +42,7 @@ from moebench.store import read_records
 TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
 FAILING = ("SLOW", "CHANGED", "FAILED")
-DEFAULT_THRESHOLD = 0.05
+DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.01
 
 

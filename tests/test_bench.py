@@ -66,3 +66,37 @@ def test_phases_of_a_real_layer_add_up_to_its_uninstrumented_total():
         breakdown = phase_breakdown(step, "cpu", repeats=7, clock=time.thread_time)
     assert set(breakdown.phases) >= {"router", "dispatch", "experts", "combine"}
     assert 0.9 <= breakdown.ratio <= 1.1, breakdown
+
+
+def test_counters_do_not_depend_on_how_many_samples_were_taken():
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, capacity_factor=1.0)
+    work = Workload(tokens=64, routing="zipf", routing_params={"alpha": 1.0})
+    records = [run_case(Case("c", {}, spec, work, MeasurePlan(warmup=1, min_samples=n, max_samples=n, budget_s=1,
+                                                              phases=False, memory=False, ceiling=False)), "cpu", 1)
+               for n in (3, 4)]
+    assert records[0]["loads"] == records[1]["loads"]
+    assert records[0]["metrics"]["drop_rate"] == records[1]["metrics"]["drop_rate"]
+    assert [len(r["samples"]["cpu_s"]) for r in records] == [3, 4]  # per-step CPU time beside wall time
+
+
+def test_injected_slowdown_is_recorded_and_costs_cpu_time(monkeypatch):
+    from moebench.bench import injected_slowdown, injected_slowdown_fraction
+
+    def work():
+        sum(i * i for i in range(20000))
+
+    monkeypatch.setenv("MOEBENCH_INJECT_SLOWDOWN", "0.5")
+    assert injected_slowdown_fraction() == 0.5
+    slowed = injected_slowdown(work, 0.5)
+    t0 = time.process_time()
+    work()
+    plain = time.process_time() - t0
+    t0 = time.process_time()
+    slowed()
+    assert time.process_time() - t0 >= 1.4 * plain  # 1.5x, with room for timer granularity
+    spec = LayerSpec(d_model=16, d_ff=16, n_experts=2, top_k=1)
+    plan = MeasurePlan(warmup=1, min_samples=3, max_samples=3, phases=False, memory=False, ceiling=False)
+    assert run_case(Case("c", {}, spec, Workload(tokens=8), plan), "cpu", 1)["injected_slowdown"] == 0.5
+    monkeypatch.setenv("MOEBENCH_INJECT_SLOWDOWN", "lots")
+    with pytest.raises(ValueError, match="MOEBENCH_INJECT_SLOWDOWN='lots'"):
+        injected_slowdown_fraction()
