@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from moebench.dispatch.common import activate, ffn
-from moebench.dispatch.sort_gather import sort_by_expert
+from moebench.dispatch.sort_gather import kept_by_expert
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
@@ -95,10 +95,7 @@ def _per_expert(x_SD: torch.Tensor, counts: list[int], w_in_EID: torch.Tensor, w
 def run_grouped_mm(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor,
                    activation: str) -> torch.Tensor:
     with phase("dispatch"):
-        order_A, counts_E = sort_by_expert(routing)
-        n_kept = int(counts_E.sum())  # the host sync: the gathered buffer's length
-        order_S = order_A[:n_kept]
-        token_S = routing.token_A[order_S]
+        order_S, token_S, counts_E = kept_by_expert(routing)  # the host sync: the gathered buffer's length
         x_SD = x_TD[token_S]  # the one gather: expert e's rows are contiguous, in assignment order
     with phase("experts"):
         if grouped_mm_usable(x_TD, w_in_EID, w_out_EDF):

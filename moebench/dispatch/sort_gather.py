@@ -40,6 +40,14 @@ def sort_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor]:
     return order_A, counts_E
 
 
+def kept_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order_S, token_S, counts_E): the kept assignments in expert order, their tokens, and the
+    per-expert counts. One host sync: how many assignments were kept."""
+    order_A, counts_E = sort_by_expert(routing)
+    order_S = order_A[:int(counts_E.sum())]
+    return order_S, routing.token_A[order_S], counts_E
+
+
 def activate_inplace(h_nI: torch.Tensor, activation: str) -> torch.Tensor:
     """activate(h) computed in h's own storage (no autograd): for swiglu the result is the gate half
     of h, a strided view the next GEMM reads directly."""
@@ -56,10 +64,8 @@ def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor
     tracked = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x_TD, w_in_EID, w_out_EDF, routing.weight_A))
     with phase("dispatch"):
-        order_A, counts_E = sort_by_expert(routing)
-        counts = counts_E.tolist()  # the host sync
-        order_S = order_A[:sum(counts)]
-        token_S = routing.token_A[order_S]
+        order_S, token_S, counts_E = kept_by_expert(routing)
+        counts = counts_E.tolist()
         weight_S1 = routing.weight_A[order_S, None].float()
     y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     if not tracked:

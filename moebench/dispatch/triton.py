@@ -23,7 +23,7 @@ import torch
 
 from moebench.dispatch.common import Backend
 from moebench.dispatch.grouped_mm import run_grouped_mm
-from moebench.dispatch.sort_gather import sort_by_expert
+from moebench.dispatch.sort_gather import kept_by_expert
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 from moebench.spec import LayerSpec
@@ -58,10 +58,7 @@ def _forward(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_out
     from moebench.kernels.grouped_triton import grouped_ffn  # imports triton: only when run
 
     with phase("dispatch"):
-        order_A, counts_E = sort_by_expert(routing)
-        n_kept = int(counts_E.sum())  # the host sync: the sorted buffer's length
-        order_S = order_A[:n_kept]
-        token_S = routing.token_A[order_S]
+        order_S, token_S, counts_E = kept_by_expert(routing)  # the host sync: the sorted buffer's length
     with phase("experts"):
         out_SD = grouped_ffn(x_TD, token_S, routing.weight_A[order_S], counts_E, w_in_EID, w_out_EDF, activation)
     with phase("combine"):
