@@ -52,7 +52,9 @@ def candidate_pairs(K: int, device: torch.device) -> tuple[torch.Tensor, torch.T
     Pair (i, j) is matched or beaten by every (i', j') with i' <= i, j' <= j: (i+1)(j+1) sums. So it can
     be in the top K only if (i+1)(j+1) <= K: C = sum_i floor(K / i) pairs (50 for K = 16, not 256)."""
     pairs = [(i, j) for i in range(K) for j in range(K) if (i + 1) * (j + 1) <= K]
-    i_C, j_C = torch.tensor(pairs, dtype=torch.long, device=device).T
+    # Cached across calls: made outside inference mode, or a later training step could not save it.
+    with torch.inference_mode(False):
+        i_C, j_C = torch.tensor(pairs, dtype=torch.long, device=device).T
     return i_C, j_C
 
 

@@ -287,3 +287,17 @@ def test_candidate_pairs_are_the_rank_pairs_that_can_reach_the_top_k(K):
     top1, top2 = (torch.rand(200, K, generator=gen).sort(-1, descending=True).values for _ in range(2))
     full = (top1[:, :, None] + top2[:, None, :]).flatten(1).topk(K, -1).values
     assert torch.equal((top1[:, i_C] + top2[:, j_C]).topk(K, -1).values, full)
+
+
+def test_training_after_an_inference_mode_forward_with_the_same_k():
+    """Cached retrieval tensors made under inference_mode must not break a later backward."""
+    from moebench.layers.peer import candidate_pairs
+
+    candidate_pairs.cache_clear()
+    spec = LayerSpec(variant="peer", d_model=16, peer_experts=16**2, peer_heads=2, peer_k=5, d_key=8)
+    layer = build_layer(spec)
+    x = torch.randn(6, 16)
+    with torch.inference_mode():
+        layer.eval()(x)
+    layer.train()(x).square().mean().backward()
+    assert layer.u_ND.grad is not None
