@@ -306,8 +306,12 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
     except EnvironmentProblem as err:
         click.echo(f"moebench: environment problem: {err}", err=True)
         sys.exit(EXIT_ENVIRONMENT)
-    click.echo(f"suite {loaded.name}: {loaded.description}", err=True)
-    summary = run_suite(loaded, options)
+
+    def announce(event: str, data: dict) -> None:
+        if event == "start":  # sent once the cases are selected: bad input has been refused by then
+            click.echo(f"suite {loaded.name}: {loaded.description} ({data['cases']} cases)", err=True)
+
+    summary = run_suite(loaded, options, on_event=announce)
     click.echo(summary_table(summary.records))
     if summary.skipped:
         click.echo(f"{summary.skipped} cases already recorded in this run were skipped (--resume)")

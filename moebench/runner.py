@@ -98,6 +98,8 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
     path = results_path(suite, options)
     done = finished_case_ids(path) if path.exists() else set()
     todo = [c for c in cases if c.case_id not in done]
+    if on_event:
+        on_event("start", {"cases": len(todo), "skipped": len(cases) - len(todo), "path": str(path)})
     summary = RunSummary(path=path, skipped=len(cases) - len(todo))
     writer = ResultWriter(path)
     threads = options.threads or os.cpu_count() or 1
