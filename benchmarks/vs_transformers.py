@@ -18,10 +18,17 @@ Before timing, every output is checked equal to a float32 reference (moebench's 
 of the same inputs; scaled max error within the dtype's tolerance), and the whole moebench layer
 against the whole block. Timing: forward under no_grad, moebench.measure.timers.measure (warmup,
 adaptive samples, median), torch's default thread count. Expert FLOPs count a multiply-add as 2:
-2*T*K*(D*2F + F*D) = 6*T*K*D*F. The ceiling is a dense FFN's two GEMMs over the same T*K rows
-([TK, D] @ [D, 2F] and [TK, F] @ [F, D]), timed the same way (moebench.measure.ceilings):
-ceiling FLOP/s = expert FLOPs / (t_gemm_in + t_gemm_out).
-Printed per case: ms, GFLOP/s, fraction of the ceiling; then best moebench / best transformers.
+2*T*K*(D*2F + F*D) = 6*T*K*D*F. Two ceilings, both timed the same way (moebench.measure.ceilings):
+
+    of ceil    the dense-GEMM ceiling of the same shapes (issue 5's target): every expert's GEMM pair
+               [n_e, D] @ [D, 2F] and [n_e, F] @ [F, D], with n_e the rows this routing gives expert
+               e, as plain GEMMs on contiguous operands (expert_gemm_samples): what the experts would
+               cost if gather, activation and combine were free. 1 - fraction = dispatch overhead.
+    of 1-GEMM  a dense FFN's two GEMMs over all T*K rows at once ([TK, D] @ [D, 2F], [TK, F] @ [F, D]):
+               adds the cost of splitting the rows into E smaller GEMMs, which is the design's (on
+               AMX bf16 a 512-row GEMM runs at ~60% of a 4096-row one here), not the dispatch's.
+
+Printed per case: ms, GFLOP/s, both fractions; then best moebench / best transformers.
 Axis legend: T tokens, D model dim, F expert hidden dim, E experts, K experts per token, G granularity.
 """
 
@@ -38,7 +45,7 @@ import torch
 from moebench.dispatch import BACKENDS
 from moebench.dispatch.loop import run_loop
 from moebench.interop.hf import from_hf_block
-from moebench.measure.ceilings import gemm_samples
+from moebench.measure.ceilings import expert_gemm_samples, gemm_samples
 from moebench.measure.timers import CpuTimer, measure
 from moebench.routing.assignment import Routing
 from moebench.spec import LayerSpec
@@ -99,11 +106,21 @@ def timed(fn, quick: bool) -> float:
     return samples.median
 
 
-def ceiling_seconds(G: int, dtype: torch.dtype, quick: bool) -> float:
+def timing_budget(quick: bool) -> dict:
+    return dict(warmup=2, min_samples=6 if quick else 10, budget_s=1.0 if quick else 3.0)
+
+
+def one_gemm_seconds(G: int, dtype: torch.dtype, quick: bool) -> float:
     """Time of the two dense GEMMs a dense FFN runs over the same T*K rows."""
     M, Fh = T * K_BASE * G, F_BASE // G
-    kw = dict(warmup=2, min_samples=6 if quick else 10, budget_s=1.0 if quick else 3.0)
+    kw = timing_budget(quick)
     return gemm_samples(M, 2 * Fh, D, dtype, **kw).median + gemm_samples(M, D, Fh, dtype, **kw).median
+
+
+def same_shapes_seconds(G: int, dtype: torch.dtype, rows_per_expert: list[int], quick: bool) -> float:
+    """Time of every expert's GEMM pair at the row counts this routing gives it, as plain GEMMs."""
+    Fh = F_BASE // G
+    return expert_gemm_samples(rows_per_expert, D, 2 * Fh, Fh, dtype, **timing_budget(quick)).median
 
 
 def run_case(G: int, dtype: torch.dtype, backends: list[str], quick: bool) -> dict:
@@ -145,13 +162,17 @@ def run_case(G: int, dtype: torch.dtype, backends: list[str], quick: bool) -> di
             rows[f"moebench:{name}"] = {"seconds": timed(partial(layer.experts, x_TD, routing), quick), "err": err}
             del layer
     flops = expert_flops(G)
-    ceiling_s = ceiling_seconds(G, dtype, quick)
+    rows_per_expert = torch.bincount(idx_TK.reshape(-1), minlength=E_BASE * G).tolist()
+    ceiling_s = same_shapes_seconds(G, dtype, rows_per_expert, quick)
+    one_gemm_s = one_gemm_seconds(G, dtype, quick)
     for row in rows.values():
         if "seconds" in row:
             row["gflops"] = flops / row["seconds"] / 1e9
             row["frac_ceiling"] = ceiling_s / row["seconds"]
+            row["frac_one_gemm"] = one_gemm_s / row["seconds"]
     return {"G": G, "dtype": str(dtype).removeprefix("torch."), "T": T, "D": D, "E": E_BASE * G, "K": K,
-            "F": F_BASE // G, "flops": flops, "ceiling_gflops": flops / ceiling_s / 1e9, "rows": rows}
+            "F": F_BASE // G, "flops": flops, "rows_per_expert": rows_per_expert,
+            "ceiling_gflops": flops / ceiling_s / 1e9, "one_gemm_gflops": flops / one_gemm_s / 1e9, "rows": rows}
 
 
 def summarize(case: dict) -> dict:
@@ -162,22 +183,24 @@ def summarize(case: dict) -> dict:
 
     ours, theirs = best("moebench:"), best("hf:")
     return {"best_moebench": ours[0], "best_transformers": theirs[0],
-            "ratio": theirs[1]["seconds"] / ours[1]["seconds"], "frac_ceiling": ours[1]["frac_ceiling"]}
+            "ratio": theirs[1]["seconds"] / ours[1]["seconds"], "frac_ceiling": ours[1]["frac_ceiling"],
+            "frac_one_gemm": ours[1]["frac_one_gemm"]}
 
 
 def print_case(case: dict, summary: dict) -> None:
     print(f"\n== G={case['G']} {case['dtype']}: T={case['T']} D={case['D']} E={case['E']} K={case['K']} "
-          f"F={case['F']}  expert GFLOP={case['flops'] / 1e9:.2f}  dense-GEMM ceiling "
-          f"{case['ceiling_gflops']:.0f} GFLOP/s")
-    print(f"   {'implementation':<24}{'ms':>9}{'GFLOP/s':>10}{'of ceil':>9}{'err':>10}")
+          f"F={case['F']}  expert GFLOP={case['flops'] / 1e9:.2f}  dense-GEMM ceiling: same shapes "
+          f"{case['ceiling_gflops']:.0f} GFLOP/s, one GEMM over all rows {case['one_gemm_gflops']:.0f} GFLOP/s")
+    print(f"   {'implementation':<24}{'ms':>9}{'GFLOP/s':>10}{'of ceil':>9}{'of 1-GEMM':>11}{'err':>10}")
     for name, row in case["rows"].items():
         if "seconds" in row:
             print(f"   {name:<24}{row['seconds'] * 1e3:>9.2f}{row['gflops']:>10.1f}{row['frac_ceiling']:>9.0%}"
-                  f"{row['err']:>10.1e}")
+                  f"{row['frac_one_gemm']:>11.0%}{row['err']:>10.1e}")
         else:
             print(f"   {name:<24}   skipped: {row['skipped']}")
     print(f"   best moebench ({summary['best_moebench']}) / best transformers ({summary['best_transformers']}): "
-          f"{summary['ratio']:.2f}x;  moebench at {summary['frac_ceiling']:.0%} of the dense-GEMM ceiling")
+          f"{summary['ratio']:.2f}x;  moebench at {summary['frac_ceiling']:.0%} of the dense-GEMM ceiling of the "
+          f"same shapes ({summary['frac_one_gemm']:.0%} of one GEMM over all rows)")
 
 
 def targets(case: dict, summary: dict) -> list[str]:
@@ -189,7 +212,7 @@ def targets(case: dict, summary: dict) -> list[str]:
         out.append(f"G=16 {case['dtype']}: >= {need}x transformers: {summary['ratio']:.2f}x "
                    f"{'ok' if summary['ratio'] >= need else 'MISSED'}")
     if case["G"] == 1:
-        out.append(f"G=1 {case['dtype']}: >= 85% of ceiling: {summary['frac_ceiling']:.0%} "
+        out.append(f"G=1 {case['dtype']}: >= 85% of the same-shapes ceiling: {summary['frac_ceiling']:.0%} "
                    f"{'ok' if summary['frac_ceiling'] >= 0.85 else 'MISSED'}")
     return out
 

@@ -8,8 +8,9 @@ gather its tokens, run its GEMM pair, scale by the combine weights and add into 
 Why one expert at a time: gathering all T*K rows first and combining them last streams [T*K, D]
 buffers through memory (134 MB in fp32 at K=32), while one expert's rows, hidden activations and
 the [T, D] output stay in cache; the per-expert GEMMs are the same either way. Without autograd the
-activation and the weight scaling run in place on the GEMM outputs (no extra buffers); with autograd
-the same math runs out of place so every saved tensor stays valid.
+activation runs inside the GEMMs on CPU (oneDNN post-ops, moebench.dispatch.onednn_ffn) or else in
+place on the GEMM output, as does the weight scaling (no extra buffers); with autograd the same math
+runs out of place so every saved tensor stays valid.
 The cost: about 8 torch ops per expert (1000 at E=128). On an idle CPU each costs microseconds; on
 a machine with more runnable threads than cores every parallel op can wait a scheduler time slice
 for its second thread, and this backend slows down far more than the padded one (a few large
@@ -25,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from moebench.dispatch import onednn_ffn
 from moebench.dispatch.common import activate, ffn
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
@@ -90,11 +92,15 @@ def _untracked(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S1: torch.Tenso
                w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor, activation: str, y_TD: torch.Tensor) -> torch.Tensor:
     """The same loop with nothing to differentiate: every intermediate lives in buffers sized for the
     largest expert, allocated once per call (fresh multi-MB allocations page-fault on every call),
-    the activation runs in place, and the combine weight scales whichever of act [n, F] (in x's
-    dtype, one extra rounding) or out [n, D] (float32) is smaller."""
+    the activation runs fused into the GEMMs on CPU (onednn_ffn) or else in place, and the combine
+    weight scales whichever of act [n, F] (in x's dtype, one extra rounding) or out [n, D] (float32)
+    is smaller."""
     n_max, D, I = max(counts, default=0), x_TD.shape[1], w_in_EID.shape[1]
+    # On CPU the activation runs inside the GEMMs where torch's oneDNN post-ops allow (onednn_ffn).
+    fused = onednn_ffn.available(x_TD, w_in_EID, w_out_EDF, activation) and onednn_ffn.expert_weights(
+        w_in_EID, w_out_EDF, activation)
     x_buf = x_TD.new_empty(n_max, D)
-    h_buf = x_TD.new_empty(n_max, I)
+    h_buf = x_TD.new_empty(0 if fused else n_max, I)
     out_buf = x_TD.new_empty(n_max, D)
     f32_buf = out_buf if x_TD.dtype == torch.float32 else torch.empty(n_max, D, device=x_TD.device)
     scale_act = w_out_EDF.shape[2] <= D
@@ -108,13 +114,17 @@ def _untracked(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S1: torch.Tenso
             token_n = token_S[rows]
             x_nD = torch.index_select(x_TD, 0, token_n, out=x_buf[:n])
         with phase("experts"):
-            act_nF = activate_inplace(torch.mm(x_nD, w_in_EID[e].t(), out=h_buf[:n]), activation)
-            if scale_act:
-                act_nF = act_nF.mul_(weight_S1[rows])
-            out_nD = torch.mm(act_nF, w_out_EDF[e].t(), out=out_buf[:n])
+            if fused:
+                out_nD = onednn_ffn.fused_ffn(x_nD, fused[e], weight_S1[rows] if scale_act else None)
+            else:
+                act_nF = activate_inplace(torch.mm(x_nD, w_in_EID[e].t(), out=h_buf[:n]), activation)
+                if scale_act:
+                    act_nF = act_nF.mul_(weight_S1[rows])
+                out_nD = torch.mm(act_nF, w_out_EDF[e].t(), out=out_buf[:n])
         with phase("combine"):
-            out_nD = f32_buf[:n].copy_(out_nD) if out_nD.dtype != torch.float32 else out_nD
-            if not scale_act:
-                out_nD = out_nD.mul_(weight_S1[rows])
+            if not scale_act:  # scale and widen to float32 in one pass
+                out_nD = torch.mul(out_nD, weight_S1[rows], out=f32_buf[:n])
+            elif out_nD.dtype != torch.float32:
+                out_nD = f32_buf[:n].copy_(out_nD)
             y_TD.index_add_(0, token_n, out_nD)
     return y_TD

@@ -5,6 +5,8 @@ ceilings are measured with the same timer and sampling rules as the layers (time
 same device, dtype and thread count, so the fraction reached compares like with like.
 
 GEMM: C = A @ B with A [m, k], B [k, n] counts 2*m*n*k FLOPs (one multiply and one add per term).
+Expert GEMMs: the per-expert GEMM pairs of a routed FFN, same shapes, as plain GEMMs (what a
+dispatch backend's experts would cost with free gather, activation and combine).
 Copy: dst.copy_(src) of n_bytes counts 2*n_bytes moved (n read + n written). On CPUs with
 write-allocate caches the hardware also reads dst before writing it (3*n_bytes of traffic), so this
 is the bandwidth a torch copy achieves, the figure a memory-bound layer can hope for, not the DRAM
@@ -63,3 +65,45 @@ def copy_bandwidth(n_bytes: int = 256 * 2**20, device: str = "cpu", *, timer: Ti
                    **measure_kwargs: Any) -> float:
     """Bytes/s of a device-local copy, counting read + write: 2*n_bytes / median time."""
     return 2 * n_bytes / copy_samples(n_bytes, device, timer=timer, **measure_kwargs).median
+
+
+def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_hidden: int,
+                        dtype: str | torch.dtype = "float32", device: str = "cpu", *, timer: Timer | None = None,
+                        seed: int = 0, **measure_kwargs: Any) -> Samples:
+    """Timing samples of the GEMMs a routed FFN runs, as plain dense GEMMs of the same shapes: for each
+    expert with n rows, [n, d_model] @ [d_model, d_in] and [n, d_hidden] @ [d_hidden, d_model], back to
+    back, on contiguous operands already in place (no gather, activation or combine), into preallocated
+    outputs. Each weight is timed in both layouts torch can take ([k, n] row-major, or the [n, k]
+    transposed view F.linear uses) and the faster layout's samples are returned.
+
+    The fraction a dispatch backend reaches of this time is what its gather, activation and combine
+    cost on top of the expert GEMMs themselves; the GEMMs' own efficiency at these shapes (small n
+    per expert) is the design's, measured separately against one GEMM over all rows (gemm_samples)."""
+    dt, dev = as_dtype(dtype), torch.device(device)
+    if any(n < 0 for n in rows_per_expert):
+        raise ValueError(f"rows_per_expert={rows_per_expert} is invalid: counts must be >= 0")
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    S, E = sum(rows_per_expert), len(rows_per_expert)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, device=dev, dtype=torch.float32).to(dt)
+
+    x_SD, act_SF = rand(S, d_model), rand(S, d_hidden)
+    h_SI, out_SD = x_SD.new_empty(S, d_in), x_SD.new_empty(S, d_model)
+    w_in_EID, w_out_EDF = rand(E, d_in, d_model), rand(E, d_model, d_hidden)
+    layouts = {"linear": (w_in_EID.transpose(1, 2), w_out_EDF.transpose(1, 2)),
+               "row-major": (w_in_EID.transpose(1, 2).contiguous(), w_out_EDF.transpose(1, 2).contiguous())}
+    slices, start = [], 0
+    for n in rows_per_expert:
+        slices.append(slice(start, start + n))
+        start += n
+
+    def run(w_in_EDI: torch.Tensor, w_out_EFD: torch.Tensor) -> None:
+        for e, rows in enumerate(slices):
+            if rows.stop > rows.start:
+                torch.mm(x_SD[rows], w_in_EDI[e], out=h_SI[rows])
+                torch.mm(act_SF[rows], w_out_EFD[e], out=out_SD[rows])
+
+    timer = timer or make_timer(dev)
+    results = [measure(lambda w=w: run(*w), timer, **measure_kwargs) for w in layouts.values()]
+    return min(results, key=lambda s: s.median)

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from moebench.measure.ceilings import copy_bandwidth, copy_samples, gemm_ceiling, gemm_samples
+from moebench.measure.ceilings import copy_bandwidth, copy_samples, expert_gemm_samples, gemm_ceiling, gemm_samples
 
 
 class FixedTimer:
@@ -50,6 +51,37 @@ def test_samples_are_returned_for_the_record():
     s = gemm_samples(64, 64, 64, **QUICK)
     assert s.n >= 6 and s.timer == "cpu" and len(s.raw) == s.n
     assert copy_samples(1024, **QUICK).median > 0
+
+
+class FlopCountingTimer(FixedTimer):
+    """A FixedTimer that counts the FLOPs of every timed call."""
+
+    def __init__(self, seconds):
+        super().__init__(seconds)
+        self.flops = []
+
+    def time(self, fn):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        self.flops.append(counter.get_total_flops())
+        self.calls += 1
+        return self.seconds
+
+
+def test_expert_gemm_samples_runs_each_experts_gemm_pair_once_per_sample():
+    """Rows [3, 0, 5]: 8 rows through [D, I] and [F, D]; an empty expert runs nothing. Both weight
+    layouts are timed (one measure() each), every call does the same GEMMs."""
+    D, I, Fh = 16, 48, 24
+    timer = FlopCountingTimer(0.25)
+    s = expert_gemm_samples([3, 0, 5], D, I, Fh, timer=timer, **QUICK)
+    assert s.median == 0.25 and timer.calls == 2 * 7
+    assert set(timer.flops) == {2 * 8 * (D * I + Fh * D)}
+
+
+def test_real_expert_gemm_samples_and_bad_counts():
+    assert expert_gemm_samples([64, 1, 0, 30], 32, 64, 32, "bfloat16", **QUICK).median > 0
+    with pytest.raises(ValueError, match="rows_per_expert"):
+        expert_gemm_samples([4, -1], 8, 8, 8)
 
 
 def test_bad_inputs_are_refused():
