@@ -10,7 +10,8 @@ A suite file is YAML data, never executed:
     exclude:   [{axis: value, ...}, ...]               # drop cases matching all of a row
     blocks:    [{grid, zip, exclude}, ...]             # instead of the three above: several grids,
                                                        # their cases concatenated
-    on_cuda:   {workload: {..}, measure: {..}, extra_blocks: [..]}   # with --device cuda only
+    on_cuda:   {base: {..}, workload: {..}, measure: {..}, extra_blocks: [..]}   # with --device cuda
+                                                       # only; base/workload/measure fields override
     workload:  {tokens, batch, mode, routing, seed, input_variants}
     measure:   {warmup, min_samples, max_samples, budget_s, rel_ci, phases, memory, ceiling, timeout_s}
 
@@ -40,7 +41,7 @@ SUITE_KINDS = ("throughput", "memory", "granularity", "capacity", "peer", "model
                "ci", "mixed")
 BLOCK_KEYS = ("grid", "zip", "exclude")
 TOP_LEVEL_KEYS = ("description", "kind", "base", "workload", "measure", "blocks", "on_cuda") + BLOCK_KEYS
-ON_CUDA_KEYS = ("workload", "measure", "extra_blocks")
+ON_CUDA_KEYS = ("base", "workload", "measure", "extra_blocks")
 MODES = ("forward", "forward_backward", "train_step")
 BASELINES = ("none", "equal_active", "equal_total")
 
@@ -180,13 +181,14 @@ def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None, devic
 
 
 def _apply_device_section(path: Path, data: dict, device: str) -> dict:
-    """Merge `on_cuda` into the suite when running on CUDA (sizes a CPU cannot afford)."""
+    """Merge `on_cuda` into the suite when running on CUDA (sizes a CPU cannot afford, and backends that
+    are fastest there but not on a CPU)."""
     section = _mapping(path, "on_cuda", data.get("on_cuda", {}))
     _check_keys(path, "on_cuda", section, ON_CUDA_KEYS)
     data = {k: v for k, v in data.items() if k != "on_cuda"}
     if device != "cuda" or not section:
         return data
-    for key in ("workload", "measure"):
+    for key in ("base", "workload", "measure"):
         if key in section:
             data[key] = {**_mapping(path, key, data.get(key, {})), **_mapping(path, f"on_cuda.{key}", section[key])}
     extra = section.get("extra_blocks", [])

@@ -104,3 +104,15 @@ def test_on_cuda_section_applies_only_on_cuda(tmp_path):
     assert [(c.case_id, c.workload.tokens) for c in cpu.cases] == [("backend=loop", 64)]
     assert [(c.case_id, c.workload.tokens) for c in cuda.cases] == [("backend=loop", 4096),
                                                                    ("backend=grouped_mm", 4096)]
+
+
+def test_on_cuda_base_overrides_base_fields_on_cuda_only(tmp_path):
+    path = write(tmp_path, """
+        base: {d_model: 32, d_ff: 64, n_experts: 4, top_k: 2, backend: sort_gather}
+        grid: {dtype: [float32]}
+        on_cuda:
+          base: {backend: grouped_mm}
+    """)
+    (cpu,), (cuda,) = load_suite(str(path)).cases, load_suite(str(path), device="cuda").cases
+    assert (cpu.spec.backend, cuda.spec.backend) == ("sort_gather", "grouped_mm")
+    assert cuda.spec.n_experts == 4  # the other base fields stay
