@@ -8,7 +8,6 @@ Axis legend: B batch, T tokens per batch element, D model dim, E experts, K expe
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -17,9 +16,9 @@ from typing import Any
 import torch
 
 from moebench import accounting
-from moebench.dispatch.common import ffn, torch_dtype
+from moebench.dispatch.common import torch_dtype
 from moebench.layers import build_layer
-from moebench.measure.ceilings import copy_bandwidth
+from moebench.measure.ceilings import copy_bandwidth, gemm_samples
 from moebench.measure.memory import peak_memory
 from moebench.measure.nvml import NvmlSampler, cuda_uuid
 from moebench.measure.phases import phase_breakdown
@@ -286,32 +285,22 @@ class _NoGpu(contextlib.AbstractContextManager):
 
 
 def dense_ffn_rate(spec, n_tokens: int, device: str, training: bool, timer) -> float:
-    """FLOP/s of one dense FFN over all T*K assignments at once: the GEMMs of the same shapes with
-    no routing, dispatch or small-group penalty. Expert FLOPs over this rate = the time the design
-    would take if routing were free and every expert GEMM were as large as possible."""
+    """FLOP/s of the GEMMs of one dense FFN over all T*K assignments at once: the experts' GEMM shapes
+    with no routing, dispatch, activation or small-group penalty, each a plain matmul timed alone
+    (moebench.measure.ceilings.gemm_samples). Expert FLOPs over this rate = the time the design would
+    take if everything but its GEMMs were free and every expert GEMM were as large as possible, so
+    frac_of_ceiling stays below 1 (a ceiling that timed the activation too was beaten by layers that
+    fuse it). Training adds the backward's two GEMMs per weight: the input and the weight gradient."""
     dtype = torch_dtype(spec.dtype)
     m = max(1, round(accounting.experts_per_token(spec) * n_tokens))
-    layer_like = build_dense(spec, device, dtype, training)
-    x = torch.randn(m, spec.d_model, device=device, dtype=dtype)
-    w_in, w_out = layer_like
-
-    def run() -> None:
-        if training:
-            y = ffn(x, w_in, w_out, spec.activation)
-            y.float().square().mean().backward()
-        else:
-            with torch.inference_mode():
-                ffn(x, w_in, w_out, spec.activation)
-
-    samples = measure(run, timer, warmup=2, min_samples=5, max_samples=20, budget_s=1.0, rel_ci_target=0.05)
-    per_row = 2 * (3 if spec.activation == "swiglu" else 2) * spec.d_model * spec.d_ff
-    return per_row * m * (3 if training else 1) / samples.median
-
-
-def build_dense(spec, device: str, dtype: torch.dtype, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = 2 * spec.d_ff if spec.activation == "swiglu" else spec.d_ff
-    w_in = torch.randn(rows, spec.d_model, device=device, dtype=dtype) / math.sqrt(spec.d_model)
-    w_out = torch.randn(spec.d_model, spec.d_ff, device=device, dtype=dtype) / math.sqrt(spec.d_ff)
-    return w_in.requires_grad_(training), w_out.requires_grad_(training)
+    D, Fh = spec.d_model, spec.d_ff
+    I = 2 * Fh if spec.activation == "swiglu" else Fh
+    shapes = [(m, I, D), (m, D, Fh)]  # (rows, cols, inner): x @ w_in^T, act @ w_out^T
+    if training:  # dx = dh @ w_in, dW_in = dh^T @ x, dact = dy @ w_out, dW_out = dy^T @ act
+        shapes += [(m, D, I), (I, D, m), (m, Fh, D), (D, Fh, m)]
+    budget = 1.0 / len(shapes)
+    seconds = sum(gemm_samples(a, b, c, dtype, device, timer=timer, warmup=2, min_samples=5, max_samples=20,
+                               budget_s=budget, rel_ci_target=0.05).median for a, b, c in shapes)
+    return sum(2 * a * b * c for a, b, c in shapes) / seconds
 
 

@@ -101,3 +101,27 @@ def test_injected_slowdown_is_recorded_and_costs_cpu_time(monkeypatch):
     monkeypatch.setenv("MOEBENCH_INJECT_SLOWDOWN", "lots")
     with pytest.raises(ValueError, match="MOEBENCH_INJECT_SLOWDOWN='lots'"):
         injected_slowdown_fraction()
+
+
+class _FixedTimer:
+    """Runs the work, reports a fixed duration: the ceiling's FLOP count can then be checked exactly."""
+
+    mode = "fixed"
+
+    def time(self, fn):
+        fn()
+        return 0.01
+
+
+@pytest.mark.parametrize("activation,training", [("swiglu", False), ("gelu", False), ("swiglu", True)])
+def test_dense_ffn_ceiling_counts_the_experts_gemms_only(activation, training):
+    """Rate = the experts' GEMM FLOPs (T*K rows through w_in and w_out; training: x3 for the input and
+    weight gradients) over the GEMMs' own times, one fixed 10 ms sample per GEMM shape."""
+    from moebench.bench import dense_ffn_rate
+
+    spec = LayerSpec(d_model=16, d_ff=24, n_experts=4, top_k=2, activation=activation)
+    I = 48 if activation == "swiglu" else 24
+    per_pass = 2 * 64 * 2 * (16 * I + 24 * 16)  # 64 tokens x K=2 rows
+    n_gemms = 6 if training else 2
+    rate = dense_ffn_rate(spec, 64, "cpu", training, _FixedTimer())
+    assert rate == pytest.approx(per_pass * (3 if training else 1) / (0.01 * n_gemms))
