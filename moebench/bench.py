@@ -253,6 +253,13 @@ def _ceiling_metrics(spec, device: str, metrics: dict, n_tokens: int, training: 
         floor_s = bytes_moved["expert_weights"] / bandwidth
         out.update(floor_s=floor_s, frac_of_ceiling=floor_s / metrics["latency_s"])
         return out
+    moved = metrics.get("phase_dispatch_s", 0.0) + metrics.get("phase_combine_s", 0.0)
+    if moved > 0 and not training:
+        # How fast dispatch + combine stream the bytes they must move (the K copies of x into expert
+        # order and back): near the copy bandwidth, fine-grained routing's cost is the design's; far
+        # below it, the implementation's.
+        rate = (bytes_moved.get("dispatch", 0.0) + bytes_moved.get("combine", 0.0)) / moved
+        out.update(dispatch_bytes_per_s=rate, dispatch_frac_of_bandwidth=rate / bandwidth)
     ceiling = dense_ffn_rate(spec, n_tokens, device, training, timer)
     expert_flops = accounting.layer_flops_per_token(spec, training)["experts"] * n_tokens * (3 if training else 1)
     achieved = expert_flops / metrics["latency_s"]

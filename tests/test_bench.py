@@ -125,3 +125,16 @@ def test_dense_ffn_ceiling_counts_the_experts_gemms_only(activation, training):
     n_gemms = 6 if training else 2
     rate = dense_ffn_rate(spec, 64, "cpu", training, _FixedTimer())
     assert rate == pytest.approx(per_pass * (3 if training else 1) / (0.01 * n_gemms))
+
+
+def test_dispatch_bandwidth_is_the_accounted_bytes_over_the_dispatch_and_combine_phases():
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, backend="sort_gather")
+    case = Case("c", {}, spec, Workload(tokens=64), MeasurePlan(warmup=1, min_samples=3, max_samples=3, budget_s=0.05))
+    metrics = run_case(case, "cpu", threads=1)["metrics"]
+    from moebench import accounting
+
+    predicted = accounting.layer_bytes(spec, 64)
+    seconds = metrics["phase_dispatch_s"] + metrics["phase_combine_s"]
+    assert metrics["dispatch_bytes_per_s"] == pytest.approx((predicted["dispatch"] + predicted["combine"]) / seconds)
+    assert metrics["dispatch_frac_of_bandwidth"] == pytest.approx(
+        metrics["dispatch_bytes_per_s"] / metrics["copy_bandwidth_bytes_per_s"])
