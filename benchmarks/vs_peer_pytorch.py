@@ -4,7 +4,8 @@ Config (issue 5): N = 1024^2 experts, D = 512, H = 8 heads, k = 16 experts per h
 (non_competing_scores=False: softmax over the k), dim_key = D/2, T = 1024 tokens, float32, eval, no grad.
 Outputs are checked equal before anything is timed; every time is the median of timers.measure.
 moebench runs with collect_stats=False (routing statistics are its extra; PEER-pytorch computes none);
-"compile" is its torch.compile'd gather-dot (moebench.kernels.peer_experts).
+"compile" is its torch.compile'd gather-dot (moebench.kernels.peer_experts); "+native top-k" adds the C
+product top-k (moebench.kernels.peer_native, PEER.topk_impl = "native").
 
 The floor is what the hardware allows for the two unavoidable costs, both measured in this run:
     sub-key scoring: 2*T*H*2*R*Q FLOPs at the dense-GEMM rate of a GEMM with those FLOPs
@@ -44,6 +45,10 @@ def build(N: int, D: int, H: int, k: int, seed: int = 0):
     return theirs, ours
 
 
+def set_impls(peer, experts_impl: str, topk_impl: str) -> None:
+    peer.experts_impl, peer.topk_impl = experts_impl, topk_impl
+
+
 def floor_seconds(T: int, D: int, H: int, k: int, R: int, Q: int, budget_s: float) -> dict[str, float]:
     flops = 2 * T * H * 2 * R * Q
     gemm = gemm_ceiling(T * H * 2, R, Q, budget_s=budget_s)
@@ -64,29 +69,30 @@ def main(argv: list[str] | None = None) -> None:
     R, Q = math.isqrt(N), D // 2
     theirs, ours = build(N, D, H, k)
     x = torch.randn(1, T, D)
-    impls = ["torch"] + ([] if a.no_compile else ["compile"])
+    experts = "torch" if a.no_compile else "compile"
+    configs = {"torch": ("torch", "torch"), experts: (experts, "torch"), f"{experts}+native top-k": (experts, "native")}
     with fixed_threads(a.threads), torch.no_grad():
         want = theirs(x)
-        for impl in impls:
-            ours.peer.experts_impl = impl
+        for name, impls in configs.items():
+            ours.peer.experts_impl, ours.peer.topk_impl = impls
             t0 = time.perf_counter()
             got = ours(x)  # also compiles, for "compile"
-            print(f"moebench[{impl}] first call {time.perf_counter() - t0:.1f} s")
+            print(f"moebench[{name}] first call {time.perf_counter() - t0:.1f} s")
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
         print(f"outputs equal (rtol 1e-5) at N={N}, D={D}, H={H}, k={k}, T={T}, float32, {a.threads} threads")
         fl = floor_seconds(T, D, H, k, R, Q, a.budget / 4)
         rows = {"PEER-pytorch": lambda: theirs(x)}
-        for impl in impls:
-            rows[f"moebench[{impl}]"] = lambda impl=impl: (setattr(ours.peer, "experts_impl", impl), ours(x))
+        for name, impls in configs.items():
+            rows[f"moebench[{name}]"] = lambda impls=impls: (set_impls(ours.peer, *impls), ours(x))
         times = {name: measure(fn, CpuTimer(), warmup=1, min_samples=5, budget_s=a.budget).median
                  for name, fn in rows.items()}
     floor = fl["scoring_s"] + fl["experts_s"]
     print(f"dense GEMM {fl['gemm_flops'] / 1e9:.1f} GFLOP/s, copy {fl['copy_bytes'] / 1e9:.2f} GB/s -> floor "
           f"{floor * 1e3:.1f} ms (scoring {fl['scoring_s'] * 1e3:.1f} + expert bytes {fl['experts_s'] * 1e3:.1f})")
     base = times["PEER-pytorch"]
-    print(f"{'implementation':<20}{'median ms':>11}{'vs PEER-pytorch':>17}{'of floor':>10}")
+    print(f"{'implementation':<34}{'median ms':>11}{'vs PEER-pytorch':>17}{'of floor':>10}")
     for name, t in times.items():
-        print(f"{name:<20}{t * 1e3:>11.1f}{base / t:>16.2f}x{floor / t:>10.2f}")
+        print(f"{name:<34}{t * 1e3:>11.1f}{base / t:>16.2f}x{floor / t:>10.2f}")
 
 
 if __name__ == "__main__":

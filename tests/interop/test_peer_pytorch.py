@@ -85,3 +85,17 @@ def test_unsupported_options_are_refused():
         ours(torch.randn(1, 2, 32))  # converted modules follow the source's mode: training here
     theirs.eval()
     assert_same_function(theirs, ours.eval(), torch.randn(1, 3, 32))
+
+
+@pytest.mark.parametrize("experts_impl", ["torch", "compile"])
+def test_native_topk_inference_matches(experts_impl):
+    from moebench.kernels import peer_native
+
+    if not peer_native.available():
+        pytest.skip("no C compiler for moebench.kernels.peer_native")
+    torch.manual_seed(3)
+    theirs = their_peer(non_competing_scores=False, num_experts=32**2, heads=3).eval()
+    ours = from_peer_pytorch(theirs).eval()
+    ours.peer.topk_impl, ours.peer.experts_impl = "native", experts_impl
+    with torch.no_grad():
+        assert_same_function(theirs, ours, torch.randn(2, 9, 32))

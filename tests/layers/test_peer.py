@@ -301,3 +301,97 @@ def test_training_after_an_inference_mode_forward_with_the_same_k():
         layer.eval()(x)
     layer.train()(x).square().mean().backward()
     assert layer.u_ND.grad is not None
+
+
+# --- native top-k, blocked scores, the no-autograd score GEMMs -----------------------------------
+
+needs_native = pytest.mark.skipif(not __import__("moebench.kernels.peer_native").kernels.peer_native.available(),
+                                  reason="no C compiler for moebench.kernels.peer_native")
+
+
+@pytest.mark.parametrize("shared_keys", [True, False])
+def test_no_autograd_scores_equal_the_batched_matmul(shared_keys):
+    torch.manual_seed(9)
+    layer = PEER(peer_spec(peer_heads=3), shared_keys=shared_keys)
+    q = layer.queries(torch.randn(11, 24))
+    want = layer.subkey_scores(q)  # autograd: the batched matmul
+    assert want.requires_grad
+    with torch.no_grad():
+        got = layer.subkey_scores(q)  # one mm per (head, half)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert got.permute(1, 2, 0, 3).is_contiguous()
+
+
+@needs_native
+@settings(max_examples=15, deadline=None)
+@given(R=st.integers(2, 40), K=st.integers(1, 9), H=st.integers(1, 3), T=st.integers(1, 6),
+       shared=st.booleans(), seed=st.integers(0, 10**6))
+def test_native_topk_retrieves_what_torch_topk_does(R, K, H, T, shared, seed):
+    K = min(K, R)
+    torch.manual_seed(seed)
+    layer = PEER(peer_spec(peer_experts=R * R, peer_k=K, peer_heads=H), shared_keys=shared)
+    s_THPR = layer.subkey_scores(layer.queries(torch.randn(T, 24)))
+    want_score, want_idx = layer.retrieve(s_THPR)
+    layer.topk_impl = "native"
+    score, idx = layer.retrieve(s_THPR)
+    assert torch.equal(score, want_score) and score.requires_grad  # re-gathered: autograd reaches the keys
+    assert torch.equal(idx.sort(-1).values, want_idx.sort(-1).values)
+
+
+@needs_native
+@pytest.mark.parametrize("block_bytes", [1, 3 * 2 * 2 * 16**2 * 4, 2**30])  # 1 token, 3 tokens (7 = 3+3+1), all
+def test_native_blocked_forward_matches_torch_and_the_naive_reference(block_bytes, monkeypatch):
+    import moebench.layers.peer as peer_module
+
+    monkeypatch.setattr(peer_module, "SCORE_BLOCK_BYTES", block_bytes)
+    torch.manual_seed(10)
+    layer = PEER(peer_spec(peer_experts=32**2, peer_k=5), shared_keys=False).eval()
+    x_TD = torch.randn(7, 24)
+    with torch.no_grad():
+        want = layer(x_TD)
+        layer.topk_impl = "native"
+        got = layer(x_TD)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # one-token blocks: mm's GEMV sums in another order
+    ref = naive_peer(layer, x_TD, naive_queries(layer, x_TD)).float()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@needs_native
+@torch.no_grad()
+def test_native_blocked_retrieval_never_holds_all_scores(monkeypatch):
+    import moebench.layers.peer as peer_module
+
+    T, H, R, block = 64, 2, 64, 8
+    monkeypatch.setattr(peer_module, "SCORE_BLOCK_BYTES", block * H * 2 * R * 4)
+    torch.manual_seed(11)
+    layer = PEER(peer_spec(peer_experts=R * R, d_model=8, peer_heads=H, peer_k=4))
+    sizes = {}
+    for impl in ("torch", "native"):
+        layer.topk_impl = impl
+        with LargestOutput() as mode:
+            layer(torch.randn(T, 8))
+        sizes[impl] = mode.numel
+    assert sizes["torch"] >= T * H * 2 * R > sizes["native"]
+
+
+@needs_native
+@pytest.mark.parametrize("score", ["softmax", "relu"])
+def test_native_topk_trains_with_the_same_gradients(score):
+    torch.manual_seed(12)
+    grads = {}
+    for impl in ("torch", "native"):
+        torch.manual_seed(12)
+        layer = PEER(peer_spec(peer_score=score, peer_query_batchnorm=True, peer_k=3))
+        layer.topk_impl = impl
+        x_TD = torch.randn(6, 24, requires_grad=True)
+        layer(x_TD).square().sum().backward()
+        grads[impl] = [x_TD.grad, *(p.grad for p in layer.parameters())]
+    for got, want in zip(grads["native"], grads["torch"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_unknown_topk_impl_is_refused():
+    layer = PEER(peer_spec())
+    layer.topk_impl = "heap"
+    with pytest.raises(ValueError, match="topk_impl='heap' is invalid.*torch, native"):
+        layer(torch.randn(3, 24))

@@ -1,0 +1,193 @@
+"""PEER's product-key top-k in plain C, for CPU (float32 scores; no autograd).
+
+    per (head, token): the sorted top K of each half's R sub-key scores (row_topk), then the sorted top
+    K of the candidate pair sums (moebench.layers.peer.candidate_pairs), expert index a*R + b
+row_topk is exact and prunes: the row is split into NG = 64 strided groups; tau = the K-th largest group
+maximum is at most the K-th largest score (K groups reach it), so only the K groups with the largest
+maxima are scanned (K*R/NG scores, into a sorted buffer of K). Rows too short for that are scanned whole.
+
+Why C: torch.topk costs ~4 us per row of 1024 scores on CPU (16384 rows per forward at the issue-5
+config: 65 ms of a 270 ms forward); this runs ~3x faster, and torch offers no pruned or fused top-k.
+The source is compiled once with the system C compiler (as inductor's CPU code is) into a per-user
+cache directory (MOEBENCH_NATIVE_CACHE overrides it) and called through ctypes; `available()` says
+whether that worked. Scores equal torch's bit for bit (the same float32 sums); which of tied scores is
+kept may differ from torch.topk, as between torch versions. NaN scores are never retrieved (torch.topk
+ranks them first; a row with under K other scores is padded with -inf scores of expert 0).
+Threads: torch.get_num_threads() pthreads over contiguous ranges of rows.
+Axis legend: T tokens, H heads, P = 2 halves, R sub-keys per half, K retrieved per head, C candidate pairs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = r"""
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Insert (x, i) into the descending buffer val/idx of n <= k entries; equal values keep the older first. */
+static inline void insert(float x, int64_t i, float* val, int64_t* idx, int64_t* n, int64_t k) {
+    int64_t j = *n < k ? (*n)++ : k - 1;
+    while (j > 0 && x > val[j - 1]) { val[j] = val[j - 1]; idx[j] = idx[j - 1]; j--; }
+    val[j] = x; idx[j] = i;
+}
+
+/* Top k of the whole row, NaN skipped; returns how many it found (< k only with NaN in the row). */
+static int64_t row_topk_scan(const float* s, int64_t R, int64_t k, float* val, int64_t* idx) {
+    int64_t n = 0;
+    for (int64_t r = 0; r < R; r++)
+        if (n < k ? s[r] == s[r] : s[r] > val[k - 1]) insert(s[r], r, val, idx, &n, k);
+    return n;
+}
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+static inline v8f load8(const float* p) { v8f r; memcpy(&r, p, sizeof r); return r; }
+/* elementwise max that ignores a NaN in b */
+static inline v8f max8(v8f a, v8f b) { v8i m = (a > b) | (b != b); return (v8f)(((v8i)a & m) | ((v8i)b & ~m)); }
+
+/* Exact pruned top k of one row, sorted descending. The row is NG groups, group j = {j + NG*i}, whose maxima
+   are elementwise maxima of R/NG vectors. tau = the k-th largest group maximum bounds the k-th largest score
+   from below (k groups reach it), so only the k groups with the largest maxima can hold the top k: their
+   k*R/NG scores are scanned, largest group first. Ties at tau may resolve to other, equal, scores. */
+#define NG 64
+static void row_topk(const float* s, int64_t R, int64_t k, float* val, int64_t* idx) {
+    int64_t n = 0;
+    if (R % NG == 0 && k <= NG && R >= 4 * NG) {
+        v8f gm[NG / 8];
+        float gv[NG];
+        int64_t gi[NG];
+        for (int j = 0; j < NG / 8; j++) gm[j] = load8(s + 8 * j);
+        for (int64_t r = NG; r < R; r += NG)
+            for (int j = 0; j < NG / 8; j++) gm[j] = max8(gm[j], load8(s + r + 8 * j));
+        memcpy(gv, gm, sizeof gv);
+        if (row_topk_scan(gv, NG, k, val, gi) == k) {  /* val as scratch: the k groups, largest first */
+            float tau = val[k - 1];
+            for (int64_t c = 0; c < k; c++)
+                for (int64_t r = gi[c]; r < R; r += NG)
+                    if (n < k ? s[r] >= tau : s[r] > val[k - 1]) insert(s[r], r, val, idx, &n, k);
+            return;
+        }
+    }
+    for (n = row_topk_scan(s, R, k, val, idx); n < k; n++) { val[n] = -INFINITY; idx[n] = 0; }
+}
+
+typedef struct {
+    const float* s; float* score; int64_t* out; const int64_t* pi; const int64_t* pj;
+    int64_t H, T, R, K, C, lo, hi;
+} topk_job;
+
+/* rows (h, t) in [lo, hi); s is [H, 2, T, R]; score/out are [T, H, K]. */
+static void* topk_run(void* arg) {
+    topk_job* a = (topk_job*)arg;
+    float v1[256], v2[256];
+    int64_t i1[256], i2[256];
+    for (int64_t row = a->lo; row < a->hi; row++) {
+        int64_t h = row / a->T, t = row % a->T, n = 0;
+        row_topk(a->s + ((h * 2) * a->T + t) * a->R, a->R, a->K, v1, i1);
+        row_topk(a->s + ((h * 2 + 1) * a->T + t) * a->R, a->R, a->K, v2, i2);
+        float* val = a->score + (t * a->H + h) * a->K;
+        int64_t* idx = a->out + (t * a->H + h) * a->K;
+        for (int64_t c = 0; c < a->C; c++) {
+            float x = v1[a->pi[c]] + v2[a->pj[c]];
+            if (n < a->K || x > val[a->K - 1]) insert(x, i1[a->pi[c]] * a->R + i2[a->pj[c]], val, idx, &n, a->K);
+        }
+    }
+    return 0;
+}
+
+static void fan_out(void* (*run)(void*), void* jobs, size_t size, int n) {
+    pthread_t th[64];
+    int started = 0;
+    for (int i = 1; i < n; i++) started += pthread_create(&th[i], 0, run, (char*)jobs + i * size) == 0;
+    run(jobs);
+    for (int i = 1; i <= started; i++) pthread_join(th[i], 0);
+    for (int i = started + 1; i < n; i++) run((char*)jobs + i * size);  /* a thread failed to start */
+}
+
+void peer_product_topk(const float* s, float* score, int64_t* out, const int64_t* pi, const int64_t* pj,
+                       int64_t H, int64_t T, int64_t R, int64_t K, int64_t C, int n) {
+    topk_job jobs[64];
+    for (int i = 0; i < n; i++)
+        jobs[i] = (topk_job){s, score, out, pi, pj, H, T, R, K, C, H * T * i / n, H * T * (i + 1) / n};
+    fan_out(topk_run, jobs, sizeof(topk_job), n);
+}
+
+"""
+MAX_K = 256  # the C buffers' size
+MAX_THREADS = 64
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]  # no -ffast-math: keep IEEE sums
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    # Keyed by source, flags and host: -march=native code must not travel to another CPU.
+    key = hashlib.sha256("\0".join([SOURCE, *FLAGS, socket.gethostname(), platform.machine()]).encode())
+    default = Path(tempfile.gettempdir()) / f"moebench_native_{os.getuid()}"
+    cache = Path(os.environ.get("MOEBENCH_NATIVE_CACHE", default))
+    lib = cache / f"peer_{key.hexdigest()[:16]}.so"
+    if not lib.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        src = cache / f"{lib.stem}.c"
+        src.write_text(SOURCE)
+        tmp = cache / f"{lib.stem}.{os.getpid()}.so"  # renamed into place: no process sees half a file
+        try:
+            subprocess.run([os.environ.get("CC", "cc"), *FLAGS, "-o", str(tmp), str(src), "-lm"], check=True,
+                           capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        tmp.replace(lib)
+    dll = ctypes.CDLL(str(lib))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    dll.peer_product_topk.argtypes = [ptr] * 5 + [i64] * 5 + [ctypes.c_int]
+    return dll
+
+
+def available() -> bool:
+    """True when the C source compiled here (a C compiler is on PATH, or CC names one)."""
+    return _library() is not None
+
+
+def _threads(work: int) -> int:
+    return max(1, min(torch.get_num_threads(), MAX_THREADS, work))
+
+
+def _check(*tensors: torch.Tensor, dtype: torch.dtype) -> None:
+    for t in tensors:
+        if t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype:
+            raise ValueError(f"peer_native needs contiguous CPU {dtype} tensors, got {t.dtype} on {t.device}"
+                             f"{'' if t.is_contiguous() else ' (not contiguous)'}")
+
+
+def product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: int, *,
+                 out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(score_THK, idx_THK) of the top K product keys per (token, head), sorted descending; expert a*R + b.
+    s_HPTR: float32 [H, 2, T, R] sub-key scores; i_C, j_C: candidate rank pairs (candidate_pairs(K));
+    out: contiguous float32 and int64 [T, H, K] to write into."""
+    if not available():
+        raise RuntimeError("peer_native: the C source did not compile (no C compiler on PATH? set CC)")
+    H, P, T, R = s_HPTR.shape
+    if P != 2 or not 1 <= K <= min(R, MAX_K):
+        raise ValueError(f"product_topk needs P = 2 and 1 <= K <= min(R, {MAX_K}), got P={P}, K={K}, R={R}")
+    score_THK, idx_THK = out or (s_HPTR.new_empty(T, H, K), torch.empty(T, H, K, dtype=torch.int64))
+    i_C, j_C = i_C.contiguous(), j_C.contiguous()
+    _check(s_HPTR, score_THK, dtype=torch.float32)
+    _check(i_C, j_C, idx_THK, dtype=torch.int64)
+    if score_THK.shape != (T, H, K) or idx_THK.shape != (T, H, K):
+        raise ValueError(f"product_topk out= needs two [T, H, K] = [{T}, {H}, {K}] tensors")
+    if T:
+        _library().peer_product_topk(s_HPTR.data_ptr(), score_THK.data_ptr(), idx_THK.data_ptr(), i_C.data_ptr(),
+                                     j_C.data_ptr(), H, T, R, K, len(i_C), _threads(H * T))
+    return score_THK, idx_THK
