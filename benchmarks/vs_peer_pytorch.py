@@ -63,7 +63,10 @@ def huge_pages(t: torch.Tensor) -> bool:
     MADV_HUGEPAGE, MADV_COLLAPSE, HUGE = 14, 25, 2**21
     start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
     lo, hi = -(-start // HUGE) * HUGE, end // HUGE * HUGE
-    return hi > lo and libc.madvise(lo, hi - lo, MADV_HUGEPAGE) == 0 and libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0
+    if hi <= lo or libc.madvise(lo, hi - lo, MADV_HUGEPAGE) != 0:
+        return False
+    # a collapse can fail for want of free 2 MiB frames (EAGAIN); a retry does the rest
+    return any(libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0 for _ in range(3))
 
 
 def set_impls(peer, experts_impl: str, topk_impl: str) -> None:
