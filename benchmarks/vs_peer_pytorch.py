@@ -5,7 +5,8 @@ Config (issue 5): N = 1024^2 experts, D = 512, H = 8 heads, k = 16 experts per h
 Outputs are checked equal before anything is timed; every time is the median of timers.measure.
 moebench runs with collect_stats=False (routing statistics are its extra; PEER-pytorch computes none);
 "compile" is its torch.compile'd gather-dot (moebench.kernels.peer_experts); "+native top-k" adds the C
-product top-k (moebench.kernels.peer_native, PEER.topk_impl = "native").
+product top-k (moebench.kernels.peer_native, PEER.topk_impl = "native"); "native" is that top-k and the C
+gather-dot (experts_impl = "native"; the v side stays embedding_bag).
 
 The floor is what the hardware allows for the two unavoidable costs, both measured in this run:
     sub-key scoring: 2*T*H*2*R*Q FLOPs at the dense-GEMM rate of a GEMM with those FLOPs
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"u, v on huge pages (shared by both): {'yes' if done else 'refused'} ({time.perf_counter() - t0:.1f} s)")
     x = torch.randn(1, T, D)
     experts = "torch" if a.no_compile else "compile"
-    configs = {"torch": ("torch", "torch"), experts: (experts, "torch"), f"{experts}+native top-k": (experts, "native")}
+    configs = {"torch": ("torch", "torch"), experts: (experts, "torch"), f"{experts}+native top-k": (experts, "native"),
+               "native": ("native", "native")}
     with fixed_threads(a.threads), torch.no_grad():
         want = theirs(x)
         for name, impls in configs.items():

@@ -9,7 +9,8 @@ The gather-dot has no such op. `impl="torch"` runs it in chunks of C tokens (gat
 one bmm): its extra memory is C*A*D elements, forward and backward alike. `impl="compile"` runs the
 forward as a torch.compile'd (inductor) fused loop that reads each u row once and writes only h;
 compiled once per process (dynamic shapes; the first call costs tens of seconds on 2 cores, later
-processes reuse inductor's on-disk cache). `impl="triton"` (CUDA, or the interpreter) runs the
+processes reuse inductor's on-disk cache). `impl="native"` (CPU, float32) runs it as a C loop that
+prefetches the next rows (moebench.kernels.peer_native.gather_dot). `impl="triton"` (CUDA, or the interpreter) runs the
 whole step as one Triton kernel (moebench.kernels.peer_triton). The backward is eager torch:
     dx_t = sum_a dh[t, a] u[idx[t, a]]        (embedding_bag again)
     du[idx[t, a]] += dh[t, a] x_t            (index_add_, C tokens at a time)
@@ -26,7 +27,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from moebench.dispatch.common import activate
 
-IMPLS = ("torch", "compile", "triton")
+IMPLS = ("torch", "compile", "triton", "native")
 CHUNK_BYTES = 32 * 2**20  # default gather chunk: C*A*D*itemsize stays under this
 
 
@@ -63,14 +64,18 @@ def _gather_dot_chunked(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Te
 
 
 class GatherDot(torch.autograd.Function):
-    """h_TA = u[idx] . x with the chunked (or compiled) forward and the eager backward above."""
+    """h_TA = u[idx] . x with the chunked (compiled, native) forward and the eager backward above."""
 
     @staticmethod
-    def forward(ctx, x_TD, u_ND, idx_TA, chunk_tokens: int, compiled: bool):
+    def forward(ctx, x_TD, u_ND, idx_TA, chunk_tokens: int, impl: str):
         ctx.save_for_backward(x_TD, u_ND, idx_TA)
         ctx.chunk_tokens = chunk_tokens
-        if compiled:
+        if impl == "compile":
             return _compiled_gather_dot()(x_TD, u_ND, idx_TA)
+        if impl == "native":
+            from moebench.kernels import peer_native
+
+            return peer_native.gather_dot(x_TD.contiguous(), u_ND.contiguous(), idx_TA.contiguous())
         return _gather_dot_chunked(x_TD, u_ND, idx_TA, chunk_tokens)
 
     @staticmethod
@@ -100,6 +105,6 @@ def peer_experts(x_TD: torch.Tensor, u_ND: torch.Tensor, v_ND: torch.Tensor, idx
 
         return peer_experts_triton(x_TD, u_ND, v_ND, idx_TA, gate_TA, activation)
     C = chunk_tokens or chunk_tokens_for(idx_TA.shape[1], x_TD.shape[1], u_ND.element_size())
-    h_TA = GatherDot.apply(x_TD, u_ND, idx_TA, C, impl == "compile")
+    h_TA = GatherDot.apply(x_TD, u_ND, idx_TA, C, impl)
     a_TA = activate(h_TA.float(), activation) * gate_TA
     return F.embedding_bag(idx_TA, v_ND, per_sample_weights=a_TA.to(v_ND.dtype), mode="sum")

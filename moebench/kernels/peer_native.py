@@ -1,20 +1,24 @@
-"""PEER's product-key top-k in plain C, for CPU (float32 scores; no autograd).
+"""PEER's product-key top-k and expert gather-dot in plain C, for CPU (float32; no autograd).
 
-    per (head, token): the sorted top K of each half's R sub-key scores (row_topk), then the sorted top
-    K of the candidate pair sums (moebench.layers.peer.candidate_pairs), expert index a*R + b
+    product_topk, per (head, token): the sorted top K of each half's R sub-key scores (row_topk), then
+    the sorted top K of the candidate pair sums (moebench.layers.peer.candidate_pairs), expert a*R + b
+    gather_dot, per token: h[t, a] = u[idx[t, a]] . x_t, prefetching the u rows AHEAD retrievals on
 row_topk is exact and prunes (K <= 16, R a multiple of 64, R >= 256; other rows are scanned whole): one
 vectorised pass of maxima over 64 strided groups gives a lower bound tau of the K-th largest score, and
 only the scores >= tau (~K for random rows) enter the sorted buffer of K (details at row_topk).
 
 Why C: torch.topk costs ~4 us per row of 1024 scores on CPU (16384 rows per forward at the issue-5
-config: 65 ms of a 270 ms forward); this runs ~3x faster, and torch offers no pruned or fused top-k.
+config: 65 ms of a 270 ms forward); this runs ~3x faster, and torch offers no pruned or fused top-k. The
+gather-dot reads random 2 KiB rows, bound by memory latency: software prefetch (which neither torch nor
+inductor emits) keeps several rows in flight, ~10% faster than the inductor loop at that config.
 The source is compiled once with the system C compiler (as inductor's CPU code is) into a per-user
 cache directory (MOEBENCH_NATIVE_CACHE overrides it) and called through ctypes; `available()` says
 whether that worked. Scores equal torch's bit for bit (the same float32 sums); which of tied scores is
 kept may differ from torch.topk, as between torch versions. NaN scores are never retrieved (torch.topk
 ranks them first; a row with under K other scores is padded with -inf scores of expert 0).
 Threads: torch.get_num_threads() pthreads over contiguous ranges of rows.
-Axis legend: T tokens, H heads, P = 2 halves, R sub-keys per half, K retrieved per head, C candidate pairs.
+Axis legend: T tokens, D model dim, N experts, H heads, P = 2 halves, R sub-keys per half, K retrieved per
+head, C candidate pairs, A = H*K retrieved per token.
 """
 
 from __future__ import annotations
@@ -117,6 +121,36 @@ static void* topk_run(void* arg) {
     return 0;
 }
 
+typedef struct {
+    const float *x, *u; const int64_t* idx; float* h;
+    int64_t A, D, lo, hi;
+} dot_job;
+
+#define AHEAD 4  /* retrievals ahead whose u rows are prefetched: rows in flight while one is summed */
+
+/* tokens [lo, hi): h[t, a] = u[idx[t, a]] . x_t */
+static void* dot_run(void* arg) {
+    dot_job* a = (dot_job*)arg;
+    int64_t D = a->D, end = a->hi * a->A;
+    for (int64_t t = a->lo; t < a->hi; t++) {
+        const float* x = a->x + t * D;
+        for (int64_t p = t * a->A; p < (t + 1) * a->A; p++) {
+            if (p + AHEAD < end)
+                for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(a->u + a->idx[p + AHEAD] * D + d);
+            const float* u = a->u + a->idx[p] * D;
+            v8f acc[4] = {0};
+            int64_t d = 0;
+            for (; d + 32 <= D; d += 32)
+                for (int j = 0; j < 4; j++) acc[j] += load8(u + d + 8 * j) * load8(x + d + 8 * j);
+            v8f r = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            float h = ((r[0] + r[4]) + (r[2] + r[6])) + ((r[1] + r[5]) + (r[3] + r[7]));
+            for (; d < D; d++) h += u[d] * x[d];
+            a->h[p] = h;
+        }
+    }
+    return 0;
+}
+
 static void fan_out(void* (*run)(void*), void* jobs, size_t size, int n) {
     pthread_t th[64];
     int started = 0;
@@ -134,6 +168,12 @@ void peer_product_topk(const float* s, float* score, int64_t* out, const int64_t
     fan_out(topk_run, jobs, sizeof(topk_job), n);
 }
 
+void peer_gather_dot(const float* x, const float* u, const int64_t* idx, float* h, int64_t T, int64_t A, int64_t D,
+                     int n) {
+    dot_job jobs[64];
+    for (int i = 0; i < n; i++) jobs[i] = (dot_job){x, u, idx, h, A, D, T * i / n, T * (i + 1) / n};
+    fan_out(dot_run, jobs, sizeof(dot_job), n);
+}
 """
 MAX_K = 256  # the C buffers' size
 MAX_THREADS = 64
@@ -161,12 +201,18 @@ def _library() -> ctypes.CDLL | None:
     dll = ctypes.CDLL(str(lib))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     dll.peer_product_topk.argtypes = [ptr] * 5 + [i64] * 5 + [ctypes.c_int]
+    dll.peer_gather_dot.argtypes = [ptr] * 4 + [i64] * 3 + [ctypes.c_int]
     return dll
 
 
 def available() -> bool:
     """True when the C source compiled here (a C compiler is on PATH, or CC names one)."""
     return _library() is not None
+
+
+def _need_library() -> None:
+    if not available():
+        raise RuntimeError("peer_native: the C source did not compile (no C compiler on PATH? set CC)")
 
 
 def _threads(work: int) -> int:
@@ -185,8 +231,7 @@ def product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: 
     """(score_THK, idx_THK) of the top K product keys per (token, head), sorted descending; expert a*R + b.
     s_HPTR: float32 [H, 2, T, R] sub-key scores; i_C, j_C: candidate rank pairs (candidate_pairs(K));
     out: contiguous float32 and int64 [T, H, K] to write into."""
-    if not available():
-        raise RuntimeError("peer_native: the C source did not compile (no C compiler on PATH? set CC)")
+    _need_library()
     H, P, T, R = s_HPTR.shape
     if P != 2 or not 1 <= K <= min(R, MAX_K):
         raise ValueError(f"product_topk needs P = 2 and 1 <= K <= min(R, {MAX_K}), got P={P}, K={K}, R={R}")
@@ -200,3 +245,20 @@ def product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: 
         _library().peer_product_topk(s_HPTR.data_ptr(), score_THK.data_ptr(), idx_THK.data_ptr(), i_C.data_ptr(),
                                      j_C.data_ptr(), H, T, R, K, len(i_C), _threads(H * T))
     return score_THK, idx_THK
+
+
+def gather_dot(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Tensor) -> torch.Tensor:
+    """h_TA[t, a] = u[idx[t, a]] . x_t in float32, the u rows of the next retrievals prefetched; no autograd.
+    Indices are trusted to lie in [0, N) (they come from retrieval)."""
+    _need_library()
+    _check(x_TD, u_ND, dtype=torch.float32)
+    _check(idx_TA, dtype=torch.int64)
+    (T, D), A = x_TD.shape, idx_TA.shape[1]
+    if u_ND.shape[1] != D or len(idx_TA) != T:
+        raise ValueError(f"gather_dot: x {tuple(x_TD.shape)}, u {tuple(u_ND.shape)}, idx {tuple(idx_TA.shape)} "
+                         "disagree")
+    h_TA = x_TD.new_empty(T, A)
+    if T and A:
+        _library().peer_gather_dot(x_TD.data_ptr(), u_ND.data_ptr(), idx_TA.data_ptr(), h_TA.data_ptr(), T, A, D,
+                                   _threads(T))
+    return h_TA

@@ -19,8 +19,9 @@ retrieval modes rank experts identically; gather and expert dot products run in 
 The gather + expert step (moebench.kernels.peer_experts) never forms [T, H*K, D] in full: the v side
 is one embedding_bag, the u side runs `chunk_tokens` tokens at a time (None: as many as fit in 32 MiB
 of gathered rows), so its extra memory is chunk_tokens*H*K*D elements. `experts_impl` picks "torch"
-(default), "compile" (torch.compile'd gather-dot, CPU or GPU) or "triton" (one fused kernel; CUDA or
-the Triton interpreter); all give the same results and gradients up to summation order.
+(default), "compile" (torch.compile'd gather-dot, CPU or GPU), "native" (C gather-dot with prefetch, CPU
+float32) or "triton" (one fused kernel; CUDA or the Triton interpreter); all give the same results and
+gradients up to summation order.
 `topk_impl` picks product retrieval's top-k: "torch" (default) or "native" (C, CPU float32: one pass per
 row with pruning, ~3x faster than torch.topk at R = 1024; moebench.kernels.peer_native); both retrieve
 the same experts up to ties, and "native" keeps autograd by re-gathering the chosen scores. Without

@@ -87,7 +87,7 @@ def test_unsupported_options_are_refused():
     assert_same_function(theirs, ours.eval(), torch.randn(1, 3, 32))
 
 
-@pytest.mark.parametrize("experts_impl", ["torch", "compile"])
+@pytest.mark.parametrize("experts_impl", ["torch", "compile", "native"])
 def test_native_topk_inference_matches(experts_impl):
     from moebench.kernels import peer_native
 

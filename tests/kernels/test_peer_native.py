@@ -1,5 +1,7 @@
-"""PEER's C product top-k against torch.topk over the same scores, written as the layer's torch path.
-Axis legend: T tokens, H heads, P = 2 halves, R sub-keys per half, K retrieved per head."""
+"""PEER's C product top-k against torch.topk over the same scores, written as the layer's torch path, and
+its C gather-dot against the gathered einsum.
+Axis legend: T tokens, D model dim, N experts, H heads, P = 2 halves, R sub-keys per half, K retrieved per
+head, A retrieved per token."""
 
 from __future__ import annotations
 
@@ -95,3 +97,21 @@ def test_bad_inputs_are_refused():
         peer_native.product_topk(s_HPTR.transpose(0, 1), i_C, j_C, 4)  # H = P = 2
     with pytest.raises(ValueError, match="out= needs"):
         peer_native.product_topk(s_HPTR, i_C, j_C, 4, out=(torch.empty(3, 2, 3), torch.empty(3, 2, 3).long()))
+
+
+@pytest.mark.parametrize("T, A, D", [(5, 12, 24), (1, 16, 512), (9, 33, 70), (0, 4, 8), (3, 0, 8)])
+def test_gather_dot_matches_the_gathered_einsum(T, A, D):
+    gen = torch.Generator().manual_seed(T + A + D)
+    x, u = torch.randn(T, D, generator=gen), torch.randn(50, D, generator=gen)
+    idx = torch.randint(50, (T, A), generator=gen)
+    want = torch.einsum("td,tad->ta", x.double(), u.double()[idx]).float()
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            torch.testing.assert_close(peer_native.gather_dot(x, u, idx), want, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="disagree"):
+        peer_native.gather_dot(x, u[:, :-1].contiguous(), idx)
+
