@@ -59,6 +59,12 @@ static int64_t row_topk_scan(const float* s, int64_t R, int64_t k, float* val, i
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 static inline v8f load8(const float* p) { v8f r; memcpy(&r, p, sizeof r); return r; }
+#ifdef __AVX__
+#include <immintrin.h>
+static inline int mask_ge(v8f x, v8f t) { return _mm256_movemask_ps(_mm256_cmp_ps((__m256)x, (__m256)t, _CMP_GE_OQ)); }
+#else
+static inline int mask_ge(v8f x, v8f t) { int m = 0; for (int l = 0; l < 8; l++) m |= (x[l] >= t[l]) << l; return m; }
+#endif
 /* elementwise max that ignores a NaN in b */
 static inline v8f max8(v8f a, v8f b) { v8i m = (a > b) | (b != b); return (v8f)(((v8i)a & m) | ((v8i)b & ~m)); }
 
@@ -66,8 +72,8 @@ static inline v8f max8(v8f a, v8f b) { v8i m = (a > b) | (b != b); return (v8f)(
    whose maxima are elementwise maxima of R/NG vectors. lo = the least of the maxima of 16 disjoint sets of
    groups is reached by 16 groups, so only groups whose maximum is >= lo can rank in the top k groups; tau =
    the k-th largest group maximum (found among those by counting) is reached by k scores, so it bounds the
-   k-th largest score from below: only scores >= tau in groups whose maximum is >= tau (about k of them on
-   random rows) enter the sorted buffer. Ties at tau may resolve to other, equal, scores. */
+   k-th largest score from below: only scores >= tau (about k of them on random rows), found by vector
+   compares, enter the sorted buffer. Ties at tau may resolve to other, equal, scores. */
 #define NG 64
 static void row_topk(const float* s, int64_t R, int64_t k, float* val, int64_t* idx) {
     int64_t n = 0;
@@ -78,19 +84,21 @@ static void row_topk(const float* s, int64_t R, int64_t k, float* val, int64_t* 
             for (int j = 0; j < NG / 8; j++) gm[j] = max8(gm[j], load8(s + r + 8 * j));
         v8f m1 = max8(max8(gm[0], gm[2]), max8(gm[4], gm[6])), m2 = max8(max8(gm[1], gm[3]), max8(gm[5], gm[7]));
         float gv[NG], cv[NG], lo = m1[0], tau = -INFINITY;
-        int cg[NG], nc = 0;
+        int nc = 0;
         for (int l = 0; l < 8; l++) { lo = m1[l] < lo ? m1[l] : lo; lo = m2[l] < lo ? m2[l] : lo; }
         memcpy(gv, gm, sizeof gv);
-        for (int j = 0; j < NG; j++) { cv[nc] = gv[j]; cg[nc] = j; nc += gv[j] >= lo; }
+        for (int j = 0; j < NG; j++) { cv[nc] = gv[j]; nc += gv[j] >= lo; }
         for (int c = 0; c < nc; c++) {
             int above = 0;
             for (int i = 0; i < nc; i++) above += cv[i] >= cv[c];
             if (above >= k && cv[c] > tau) tau = cv[c];
         }
-        for (int c = 0; c < nc; c++)
-            if (cv[c] >= tau)
-                for (int64_t r = cg[c]; r < R; r += NG)
-                    if (s[r] >= tau && (n < k || s[r] > val[k - 1])) insert(s[r], r, val, idx, &n, k);
+        v8f tv = {tau, tau, tau, tau, tau, tau, tau, tau};
+        for (int64_t r = 0; r < R; r += 8)  /* a vector compare per 8 scores; ~k of them pass */
+            for (int m = mask_ge(load8(s + r), tv); m; m &= m - 1) {
+                int64_t i = r + __builtin_ctz(m);
+                if (n < k || s[i] > val[k - 1]) insert(s[i], i, val, idx, &n, k);
+            }
         if (n == k) return;  /* else NaN spoilt the bounds: scan the whole row */
         n = 0;
     }
