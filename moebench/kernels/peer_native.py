@@ -69,12 +69,14 @@ static inline int mask_ge(v8f x, v8f t) { int m = 0; for (int l = 0; l < 8; l++)
 static inline v8f max8(v8f a, v8f b) { v8i m = (a > b) | (b != b); return (v8f)(((v8i)a & m) | ((v8i)b & ~m)); }
 
 /* Exact pruned top k of one row (k <= 16), sorted descending. The row is NG groups, group j = {j + NG*i},
-   whose maxima are elementwise maxima of R/NG vectors. lo = the least of the maxima of 16 disjoint sets of
-   groups is reached by 16 groups, so only groups whose maximum is >= lo can rank in the top k groups; tau =
-   the k-th largest group maximum (found among those by counting) is reached by k scores, so it bounds the
-   k-th largest score from below: only scores >= tau (about k of them on random rows), found by vector
-   compares, enter the sorted buffer. Ties at tau may resolve to other, equal, scores. */
+   whose maxima are elementwise maxima of R/NG vectors. Any tau that k group maxima reach is reached by k
+   scores, so it bounds the k-th largest score from below and only scores >= tau can be in the top k. A
+   first tau: the least of the maxima of 16 disjoint sets of groups (16 groups reach it); BISECT halvings
+   toward the largest maximum then raise it while k group maxima still reach it. The scores >= tau (about
+   k of them on random rows), found by vector compares, enter the sorted buffer. Ties at tau may resolve
+   to other, equal, scores. */
 #define NG 64
+#define BISECT 6
 static void row_topk(const float* s, int64_t R, int64_t k, float* val, int64_t* idx) {
     int64_t n = 0;
     if (R % NG == 0 && k <= 16 && R >= 4 * NG) {
@@ -83,15 +85,20 @@ static void row_topk(const float* s, int64_t R, int64_t k, float* val, int64_t* 
         for (int64_t r = NG; r < R; r += NG)
             for (int j = 0; j < NG / 8; j++) gm[j] = max8(gm[j], load8(s + r + 8 * j));
         v8f m1 = max8(max8(gm[0], gm[2]), max8(gm[4], gm[6])), m2 = max8(max8(gm[1], gm[3]), max8(gm[5], gm[7]));
-        float gv[NG], cv[NG], lo = m1[0], tau = -INFINITY;
-        int nc = 0;
-        for (int l = 0; l < 8; l++) { lo = m1[l] < lo ? m1[l] : lo; lo = m2[l] < lo ? m2[l] : lo; }
-        memcpy(gv, gm, sizeof gv);
-        for (int j = 0; j < NG; j++) { cv[nc] = gv[j]; nc += gv[j] >= lo; }
-        for (int c = 0; c < nc; c++) {
-            int above = 0;
-            for (int i = 0; i < nc; i++) above += cv[i] >= cv[c];
-            if (above >= k && cv[c] > tau) tau = cv[c];
+        v8f top = max8(m1, m2);
+        float tau = m1[0], hi = top[0];
+        for (int l = 0; l < 8; l++) {
+            tau = m1[l] < tau ? m1[l] : tau;
+            tau = m2[l] < tau ? m2[l] : tau;
+            hi = top[l] > hi ? top[l] : hi;
+        }
+        for (int it = 0; it < BISECT; it++) {  /* raise tau while >= k group maxima still reach it */
+            float mid = tau + (hi - tau) * 0.5f;
+            v8f mv = {mid, mid, mid, mid, mid, mid, mid, mid};
+            v8i cnt = {0};
+            for (int j = 0; j < NG / 8; j++) cnt -= gm[j] >= mv;
+            int above = ((cnt[0] + cnt[1]) + (cnt[2] + cnt[3])) + ((cnt[4] + cnt[5]) + (cnt[6] + cnt[7]));
+            if (above >= k) tau = mid; else hi = mid;
         }
         v8f tv = {tau, tau, tau, tau, tau, tau, tau, tau};
         for (int64_t r = 0; r < R; r += 8)  /* a vector compare per 8 scores; ~k of them pass */
