@@ -87,6 +87,7 @@ class PEER(nn.Module):
         self.collect_stats = True
         self.experts_impl = "torch"
         self.topk_impl = "torch"
+        self._keys_cache: tuple | None = None  # (keys_GPRQ, its version, its [G, P, Q, R] copy): _keys_GPQR
         self.chunk_tokens: int | None = None
         self.last_stats: RoutingStats | None = None
 
@@ -115,11 +116,24 @@ class PEER(nn.Module):
     def _scores_into(self, q_THPQ: torch.Tensor, s_HPTR: torch.Tensor) -> torch.Tensor:
         # No autograd, CPU: one GEMM per (head, half) written in place runs ~1.4x faster than the batched
         # matmul (at T = 1024, R = 1024, Q = 256), which packs the strided queries per batch.
-        keys_GPRQ = self.keys_GPRQ.float()
+        keys_GPQR = self._keys_GPQR()
         for h in range(q_THPQ.shape[1]):
             for p in range(2):
-                torch.mm(q_THPQ[:, h, p], keys_GPRQ[h if len(keys_GPRQ) > 1 else 0, p].T, out=s_HPTR[h, p])
+                torch.mm(q_THPQ[:, h, p], keys_GPQR[h if len(keys_GPQR) > 1 else 0, p], out=s_HPTR[h, p])
         return s_HPTR
+
+    def _keys_GPQR(self) -> torch.Tensor:
+        """float32 keys as contiguous [Q, R] GEMM operands (~10% faster GEMMs than transposed views), kept
+        while keys_GPRQ is unchanged: same storage (the cache holds it, so no new tensor can reuse its address)
+        and same version counter (bumped by every in-place update, optimizer steps included)."""
+        keys = self.keys_GPRQ
+        if self._keys_cache is not None:
+            src, version, keys_GPQR = self._keys_cache
+            if src.data_ptr() == keys.data_ptr() and src.shape == keys.shape and keys._version == version:
+                return keys_GPQR
+        with torch.no_grad():
+            self._keys_cache = (keys.detach(), keys._version, keys.float().transpose(-1, -2).contiguous())
+        return self._keys_cache[2]
 
     def retrieve_in_blocks(self, q_THPQ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """subkey_scores then retrieve with the native top-k (CPU, no autograd), SCORE_BLOCK_BYTES of scores

@@ -320,6 +320,11 @@ def test_no_autograd_scores_equal_the_batched_matmul(shared_keys):
         got = layer.subkey_scores(q)  # one mm per (head, half)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert got.permute(1, 2, 0, 3).is_contiguous()
+    with torch.no_grad():  # an in-place update (as an optimizer step) must not leave stale cached keys behind
+        layer.keys_GPRQ.mul_(-2)
+        torch.testing.assert_close(layer.subkey_scores(q), -2 * want, rtol=1e-6, atol=1e-6)
+        layer.keys_GPRQ.data = layer.keys_GPRQ.data.clone().mul_(-0.5)  # new storage, version reset
+        torch.testing.assert_close(layer.subkey_scores(q), want, rtol=1e-6, atol=1e-6)
 
 
 @needs_native
