@@ -25,8 +25,9 @@ gradients up to summation order.
 `topk_impl` picks product retrieval's top-k: "torch" (default) or "native" (C, CPU float32: one pass per
 row with pruning, ~3x faster than torch.topk at R = 1024; moebench.kernels.peer_native); both retrieve
 the same experts up to ties, and "native" keeps autograd by re-gathering the chosen scores. Without
-autograd on CPU, the sub-key scores are one GEMM per (head, half) written in place, and with "native"
-they are made and top-k'd SCORE_BLOCK_BYTES at a time (retrieve_in_blocks), never [T, H, 2, R] whole.
+autograd on CPU, the sub-key scores are one GEMM per (head, half) written in place, on a cached contiguous
+copy of the keys (16 MiB at the issue-5 config); with "native" they are made and top-k'd SCORE_BLOCK_BYTES
+at a time (retrieve_in_blocks), never [T, H, 2, R] whole.
 `last_stats` is a RoutingStats over the N experts (T*H*K assignments, all kept), or None when
 `collect_stats` is False (it costs two bincounts over N per forward).
 
@@ -126,9 +127,9 @@ class PEER(nn.Module):
         """float32 keys as contiguous [Q, R] GEMM operands (~10% faster GEMMs than transposed views), kept
         while keys_GPRQ is unchanged: same storage (the cache holds it, so no new tensor can reuse its address)
         and same version counter (bumped by every in-place update, optimizer steps included)."""
-        keys = self.keys_GPRQ
-        if self._keys_cache is not None:
-            src, version, keys_GPQR = self._keys_cache
+        keys, cache = self.keys_GPRQ, getattr(self, "_keys_cache", None)  # None too for modules pickled before it
+        if cache is not None:
+            src, version, keys_GPQR = cache
             if src.data_ptr() == keys.data_ptr() and src.shape == keys.shape and keys._version == version:
                 return keys_GPQR
         with torch.no_grad():
