@@ -4,7 +4,7 @@ the weights reordered once into oneDNN's blocked layout and kept while they do n
     swiglu:      g_nF   = silu(x_nD @ w_gate_FD^T)           one GEMM, "swish" post-op
                  act_nF = (x_nD @ w_up_FD^T) * g_nF           one GEMM, binary "mul" post-op
     gelu, relu:  act_nF = act(x_nD @ w_in_FD^T)               one GEMM, unary post-op
-    out_nD = act_nF @ w_out_DF^T                              one GEMM (OUT_PROJ_ROWS rows at a time)
+    out_nD = act_nF @ w_out_DF^T                              one GEMM
 
 Why fuse: the unfused FFN writes h [n, 2F], reads it back for the activation and writes act [n, F];
 with bf16 on AMX (2 cores, torch 2.13) that pass took as long as a GEMM (0.76 ms against 0.65 ms for
@@ -22,8 +22,10 @@ clear_packed_weights() after one (optimizers, load_state_dict and torch.no_grad(
 torch exposes these only as the private ops inductor's CPU freezing pass uses
 (torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight); `available` probes them
 once per dtype and activation against the plain math, so a torch without them, or with other
-semantics, falls back to the plain FFN. fp32 is not routed here: MKL's sgemm behind torch.mm was as fast
-as oneDNN's packed sgemm on this machine and the fp32 activation pass is cheap relative to the GEMMs.
+semantics, falls back to the plain FFN. fp32 is not routed here: on this machine the fused, packed fp32
+path ran 3-8% slower than MKL's sgemm behind torch.mm plus the in-place activation (G=1, 1 thread),
+whose pass is cheap beside fp32 GEMMs. The out-projection was also tried in row blocks (oneDNN's
+unpacked bf16 kernel dips at 448-1024 rows): no gain once packed.
 No autograd: callers use this only when nothing needs a gradient.
 Axis legend: n rows (assignments of one expert), D model dim, F expert hidden dim, E experts,
 I = rows of w_in.
@@ -44,9 +46,6 @@ DTYPES = (torch.bfloat16,)
 _UNARY = {"relu": ("relu", ""), "gelu": ("gelu", "none")}
 PACK_LIMIT = 512 * 2**20  # bytes of one weight tensor [E, ., .] above which it is not packed
 _ROW_HINT = 512  # oneDNN picks a packed layout for a typical row count; any count runs with it
-# Rows of act per out-projection GEMM (0: all at once). oneDNN's bf16 kernel for [n, F] @ [F, D] ran at
-# ~1.3 TFLOP/s for n in 448..1024 but ~2.0 at n = 256 (2 threads, AMX, D=512, F=1408); packed or not.
-OUT_PROJ_ROWS = 0
 
 
 def _linear():
@@ -97,7 +96,6 @@ class ExpertWeights:
     w_a: torch.Tensor  # swiglu: gate rows [F, D]; else all of w_in [F, D]
     w_b: torch.Tensor | None  # swiglu: up rows [F, D]
     w_out: torch.Tensor  # [D, F]
-    w_out_plain: torch.Tensor | None = None  # [D, F] unpacked, for the row-blocked out-projection
 
 
 def _make_weights(w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor, activation: str,
@@ -110,9 +108,9 @@ def _make_weights(w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor, activation: s
     for w_in_ID, w_out_DF in zip(w_in_EID, w_out_EDF, strict=True):
         if activation == "swiglu":
             w_gate_FD, w_up_FD = w_in_ID.chunk(2, dim=0)
-            experts.append(ExpertWeights(activation, prep(w_gate_FD), prep(w_up_FD), prep(w_out_DF), w_out_DF))
+            experts.append(ExpertWeights(activation, prep(w_gate_FD), prep(w_up_FD), prep(w_out_DF)))
         else:
-            experts.append(ExpertWeights(activation, prep(w_in_ID), None, prep(w_out_DF), w_out_DF))
+            experts.append(ExpertWeights(activation, prep(w_in_ID), None, prep(w_out_DF)))
     return experts
 
 
@@ -153,14 +151,8 @@ def fused_ffn(x_nD: torch.Tensor, weights: ExpertWeights, row_scale_n1: torch.Te
         act_nF = linear(x_nD, weights.w_a, None, attr, [], algorithm)
     if row_scale_n1 is not None:
         act_nF.mul_(row_scale_n1)
-    n, block = act_nF.shape[0], OUT_PROJ_ROWS
-    if not block or n <= block or weights.w_out_plain is None:
-        return linear(act_nF, weights.w_out, None, "none", [], "")
-    out_nD = act_nF.new_empty(n, weights.w_out_plain.shape[0])
-    for s in range(0, n, block):
-        torch.mm(act_nF[s:s + block], weights.w_out_plain.t(), out=out_nD[s:s + block])
-    return out_nD
+    return linear(act_nF, weights.w_out, None, "none", [], "")
 
 
-__all__ = ["DTYPES", "OUT_PROJ_ROWS", "PACK_LIMIT", "ExpertWeights", "available", "clear_packed_weights",
+__all__ = ["DTYPES", "PACK_LIMIT", "ExpertWeights", "available", "clear_packed_weights",
            "expert_weights", "fused_ffn"]
