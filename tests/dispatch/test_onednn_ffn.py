@@ -32,6 +32,21 @@ def random_routing(T: int, E: int, K: int, seed: int = 0) -> Routing:
                    torch.ones(T * K, dtype=torch.bool), n_tokens=T, n_experts=E)
 
 
+@pytest.fixture(autouse=True)
+def fuse_any_width(monkeypatch):
+    """The tests use tiny experts; the width threshold has its own test."""
+    monkeypatch.setattr(onednn_ffn, "MIN_F_OVER_D", 0.0)
+
+
+@needs_mkldnn
+def test_only_experts_wide_enough_are_fused(monkeypatch):
+    monkeypatch.setattr(onednn_ffn, "MIN_F_OVER_D", 2.0)
+    x = torch.randn(4, 16).to(BF16)
+    for Fh, fused in ((31, False), (32, True), (48, True)):
+        w_in, w_out = expert_weights(2, 16, Fh, "swiglu")
+        assert onednn_ffn.available(x, w_in, w_out, "swiglu") is fused, Fh
+
+
 @needs_mkldnn
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_available_for_bf16_on_cpu_only_without_autograd(activation):
