@@ -18,11 +18,12 @@ queries are cast to float32 after the BatchNorm so scores, top-k and gates are f
 retrieval modes rank experts identically; gather and expert dot products run in the spec's dtype.
 The gather + expert step (moebench.kernels.peer_experts) never forms [T, H*K, D] in full: the v side
 is one embedding_bag, the u side runs `chunk_tokens` tokens at a time (None: as many as fit in 32 MiB
-of gathered rows), so its extra memory is chunk_tokens*H*K*D elements. `experts_impl` picks "torch"
-(default), "compile" (torch.compile'd gather-dot, CPU or GPU), "native" (C gather-dot with prefetch, CPU
-float32) or "triton" (one fused kernel; CUDA or the Triton interpreter); all give the same results and
-gradients up to summation order.
-`topk_impl` picks product retrieval's top-k: "torch" (default) or "native" (C, CPU float32: one pass per
+of gathered rows), so its extra memory is chunk_tokens*H*K*D elements. `experts_impl` picks "torch",
+"compile" (torch.compile'd gather-dot, CPU or GPU), "native" (C gather-dot with prefetch, CPU float32) or
+"triton" (one fused kernel; CUDA or the Triton interpreter); all give the same results and gradients up
+to summation order. The default, "auto", is "native" where it runs (CPU, float32 weights, the C source
+compiled here: moebench.kernels.peer_native.available()), else "torch"; so is topk_impl's.
+`topk_impl` picks product retrieval's top-k: "torch" or "native" (C, CPU float32: one pass per
 row with pruning, ~3x faster than torch.topk at R = 1024; moebench.kernels.peer_native); both retrieve
 the same experts up to ties, and "native" keeps autograd by re-gathering the chosen scores. Without
 autograd on CPU, the sub-key scores are one GEMM per (head, half) written in place, on a cached contiguous
@@ -52,7 +53,7 @@ from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing, RoutingStats
 from moebench.spec import LayerSpec
 
-TOPK_IMPLS = ("torch", "native")
+TOPK_IMPLS = ("auto", "torch", "native")
 SCORE_BLOCK_BYTES = 16 * 2**20  # retrieve_in_blocks: sub-key scores held at once (GEMMs of 256 tokens at R = 1024)
 
 
@@ -86,8 +87,8 @@ class PEER(nn.Module):
         self.u_ND = nn.Parameter(torch.randn(N, D, dtype=dtype) / math.sqrt(D))
         self.v_ND = nn.Parameter(torch.randn(N, D, dtype=dtype) / math.sqrt(H * spec.peer_k))
         self.collect_stats = True
-        self.experts_impl = "torch"
-        self.topk_impl = "torch"
+        self.experts_impl = "auto"  # "auto": "native" where it runs (CPU, float32, a C compiler), else "torch"
+        self.topk_impl = "auto"
         self._keys_cache: tuple | None = None  # (keys_GPRQ, its version, its [G, P, Q, R] copy): _keys_GPQR
         self.chunk_tokens: int | None = None
         self.last_stats: RoutingStats | None = None
@@ -165,7 +166,7 @@ class PEER(nn.Module):
         if self.spec.peer_retrieval == "brute":
             all_THN = (s1_THR.unsqueeze(-1) + s2_THR.unsqueeze(-2)).flatten(-2)  # [T, H, R*R]
             return all_THN.topk(K, dim=-1)
-        if self.topk_impl == "native":
+        if self._resolved_topk_impl(s_THPR) == "native":
             return self._retrieve_native(s_THPR)
         top1_THK, a_THK = s1_THR.topk(K, dim=-1)  # sorted, descending
         top2_THK, b_THK = s2_THR.topk(K, dim=-1)
@@ -174,6 +175,18 @@ class PEER(nn.Module):
         idx_THC = a_THK[..., i_C] * R + b_THK[..., j_C]
         score_THK, pick_THK = cand_THC.topk(K, dim=-1)
         return score_THK, idx_THC.gather(-1, pick_THK)
+
+    def _resolved_topk_impl(self, scores: torch.Tensor) -> str:
+        if self.topk_impl != "auto":
+            return self.topk_impl
+        native = scores.device.type == "cpu" and scores.dtype == torch.float32 and peer_native.available()
+        return "native" if native else "torch"
+
+    def _resolved_experts_impl(self, x_TD: torch.Tensor) -> str:
+        if self.experts_impl != "auto":
+            return self.experts_impl
+        native = x_TD.device.type == "cpu" and self.u_ND.dtype == torch.float32 and peer_native.available()
+        return "native" if native else "torch"
 
     def _retrieve_native(self, s_THPR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """retrieve's product mode with the C top-k of moebench.kernels.peer_native (CPU, float32)."""
@@ -194,7 +207,8 @@ class PEER(nn.Module):
         """Gather u, v rows and sum g_i * act(u_i . x) * v_i over heads and retrieved experts: [T, D]."""
         T = x_TD.shape[0]
         return peer_experts(x_TD, self.u_ND, self.v_ND, idx_THK.reshape(T, -1), gate_THK.reshape(T, -1),
-                            self.spec.activation, impl=self.experts_impl, chunk_tokens=self.chunk_tokens)
+                            self.spec.activation, impl=self._resolved_experts_impl(x_TD),
+                            chunk_tokens=self.chunk_tokens)
 
     # --- forward --------------------------------------------------------------------------------
 
@@ -203,7 +217,8 @@ class PEER(nn.Module):
         x_TD = x.reshape(-1, x.shape[-1]).to(self.u_ND.dtype)
         with phase("query"):
             q = self.queries(x_TD)
-        if self.topk_impl == "native" and self.spec.peer_retrieval == "product" and not self._needs_autograd(q):
+        if (self.spec.peer_retrieval == "product" and not self._needs_autograd(q)
+                and self._resolved_topk_impl(q) == "native"):
             score_THK, idx_THK = self.retrieve_in_blocks(q)
         else:
             with phase("subkey_scores"):

@@ -410,3 +410,29 @@ def test_native_experts_match_the_gathered_reference_forward_and_gradients():
     for g, w in zip(experts_and_grads(layer, x_TD, gate_THK, idx_THK, PEER.experts), want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
+
+
+def test_auto_impls_pick_the_native_kernels_on_cpu_float32_only(monkeypatch):
+    """The default ("auto") runs the C top-k and gather-dot where they run, torch elsewhere, with the
+    same output either way."""
+    from moebench.kernels import peer_native
+
+    spec = LayerSpec(variant="peer", d_model=32, peer_experts=256, peer_heads=2, peer_k=4, d_key=16,
+                     activation="gelu")
+    torch.manual_seed(0)
+    layer = build_layer(spec).eval()
+    peer = layer.peer if hasattr(layer, "peer") else layer
+    assert (peer.topk_impl, peer.experts_impl) == ("auto", "auto")
+    x = torch.randn(12, 32)
+    scores, bf16_x = torch.zeros(1), x.bfloat16()
+    want = "native" if peer_native.available() else "torch"
+    assert peer._resolved_topk_impl(scores) == peer._resolved_experts_impl(x) == want
+    assert peer._resolved_topk_impl(scores.double()) == "torch"
+    with torch.no_grad():
+        auto = layer(x)
+        peer.topk_impl = peer.experts_impl = "torch"
+        torch.testing.assert_close(layer(x), auto, rtol=1e-5, atol=1e-6)
+        peer.topk_impl = peer.experts_impl = "auto"
+        monkeypatch.setattr(peer_native, "available", lambda: False)  # no C compiler: torch, same output
+        assert peer._resolved_experts_impl(bf16_x) == "torch"
+        torch.testing.assert_close(layer(x), auto, rtol=1e-5, atol=1e-6)
