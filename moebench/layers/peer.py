@@ -54,7 +54,7 @@ from moebench.routing.assignment import Routing, RoutingStats
 from moebench.spec import LayerSpec
 
 TOPK_IMPLS = ("auto", "torch", "native")
-SCORE_BLOCK_BYTES = 16 * 2**20  # retrieve_in_blocks: sub-key scores held at once (GEMMs of 256 tokens at R = 1024)
+SCORE_BLOCK_BYTES = 4 * 2**20  # retrieve_in_blocks: one head's sub-key scores held at once (512 tokens at R = 1024)
 
 
 @functools.cache
@@ -138,22 +138,31 @@ class PEER(nn.Module):
         return self._keys_cache[2]
 
     def retrieve_in_blocks(self, q_THPQ: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """subkey_scores then retrieve with the native top-k (CPU, no autograd), SCORE_BLOCK_BYTES of scores
-        at a time: the whole [T, H, 2, R] (64 MiB at T = 1024) is never allocated, which on CPU means freshly
-        page-faulted memory on every forward, and each block is still in cache when the top-k reads it."""
+        """subkey_scores then retrieve with the native top-k (CPU, no autograd), one head and
+        SCORE_BLOCK_BYTES of its scores at a time: the whole [T, H, 2, R] (64 MiB at T = 1024) is never
+        allocated, which on CPU means freshly page-faulted memory on every forward, and each block is
+        still in cache when the top-k reads it. Per head (4 MiB: 512 tokens at R = 1024) measured 33 ms
+        against 37 ms for all heads of 256 tokens at once (16 MiB), with the same GEMM sizes or larger."""
         T, H, P, _ = q_THPQ.shape
         K, R = self.spec.peer_k, self.spec.peer_n_keys
-        block = max(1, min(T, SCORE_BLOCK_BYTES // (H * P * R * 4)))
-        s_flat = q_THPQ.new_empty(H * P * block * R)
+        block = max(1, min(T, SCORE_BLOCK_BYTES // (P * R * 4)))
+        s_flat = q_THPQ.new_empty(P * block * R)
         score_THK, idx_THK = q_THPQ.new_empty(T, H, K), torch.empty(T, H, K, dtype=torch.long)
+        score_T1K, idx_T1K = q_THPQ.new_empty(block, 1, K), torch.empty(block, 1, K, dtype=torch.long)
         i_C, j_C = candidate_pairs(K, q_THPQ.device)
+        keys_GPQR = self._keys_GPQR()
         for t0 in range(0, T, block):
             n = min(block, T - t0)
-            s_HPTR = s_flat[:H * P * n * R].view(H, P, n, R)
-            with phase("subkey_scores"):
-                self._scores_into(q_THPQ[t0:t0 + n], s_HPTR)
-            with phase("candidate_topk"):
-                peer_native.product_topk(s_HPTR, i_C, j_C, K, out=(score_THK[t0:t0 + n], idx_THK[t0:t0 + n]))
+            s_1PTR = s_flat[:P * n * R].view(1, P, n, R)
+            for h in range(H):
+                with phase("subkey_scores"):
+                    for p in range(P):
+                        keys_QR = keys_GPQR[h if len(keys_GPQR) > 1 else 0, p]
+                        torch.mm(q_THPQ[t0:t0 + n, h, p], keys_QR, out=s_1PTR[0, p])
+                with phase("candidate_topk"):
+                    peer_native.product_topk(s_1PTR, i_C, j_C, K, out=(score_T1K[:n], idx_T1K[:n]))
+                    score_THK[t0:t0 + n, h] = score_T1K[:n, 0]
+                    idx_THK[t0:t0 + n, h] = idx_T1K[:n, 0]
         return score_THK, idx_THK
 
     def retrieve(self, s_THPR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
