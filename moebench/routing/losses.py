@@ -16,7 +16,9 @@ def switch_load_balance(probs_TE: torch.Tensor, idx_TK: torch.Tensor, alpha: flo
     the loss equals alpha, its floor.
     """
     T, E = probs_TE.shape
-    f_E = torch.bincount(idx_TK.reshape(-1), minlength=E)[:E].to(probs_TE.dtype) / idx_TK.numel()
+    # scatter_add, not bincount: bincount sizes its output from the data, a host sync on CUDA
+    idx_A = idx_TK.reshape(-1)
+    f_E = probs_TE.new_zeros(E).scatter_add_(0, idx_A, torch.ones_like(idx_A, dtype=probs_TE.dtype)) / idx_TK.numel()
     P_E = probs_TE.mean(dim=0)
     return alpha * E * torch.sum(f_E * P_E)
 
