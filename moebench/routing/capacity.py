@@ -42,7 +42,9 @@ def position_in_expert(expert_A: torch.Tensor, priority_A: torch.Tensor, n_exper
     rank_A = torch.empty_like(priority_A)
     rank_A[torch.argsort(priority_A, stable=True)] = torch.arange(A, device=expert_A.device)
     order = torch.argsort(expert_A * A + rank_A, stable=True)
-    counts_E = torch.bincount(expert_A, minlength=n_experts)
+    # scatter_add, not bincount: bincount sizes its output from the data, a host sync on CUDA
+    counts_E = torch.zeros(n_experts, dtype=torch.long, device=expert_A.device).scatter_add_(
+        0, expert_A, torch.ones_like(expert_A))
     starts_E = torch.cumsum(counts_E, 0) - counts_E
     pos_sorted = torch.arange(A, device=expert_A.device) - starts_E[expert_A[order]]
     pos_A = torch.empty_like(pos_sorted)
