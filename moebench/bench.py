@@ -19,6 +19,7 @@ from moebench import accounting
 from moebench.dispatch.common import torch_dtype
 from moebench.layers import build_layer
 from moebench.measure.ceilings import copy_bandwidth, gemm_samples
+from moebench.measure.host_sync import first_host_sync
 from moebench.measure.memory import peak_memory
 from moebench.measure.nvml import NvmlSampler, cuda_uuid
 from moebench.measure.phases import phase_breakdown
@@ -80,15 +81,20 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
                 layer(state["x"], token_ids=state["ids"])
 
     timer = make_timer(device)
+    graph_record, graph_step, graph_setup = (_cuda_graph(layer, device, training, inputs, token_ids, offsets,
+                                                          setup, state) if work.cuda_graph else (None, None, None))
+    timed_step, timed_setup = (graph_step, graph_setup) if graph_step is not None else (step, setup)
     cpu_s: list[float] = []
     slowdown = injected_slowdown_fraction()
     with _gpu_sampler(device) as gpu:  # clocks, power, energy, throttling while the samples run
-        samples = measure(cpu_recorded(injected_slowdown(step, slowdown), cpu_s), timer, warmup=plan.warmup,
+        samples = measure(cpu_recorded(injected_slowdown(timed_step, slowdown), cpu_s), timer, warmup=plan.warmup,
                           min_samples=plan.min_samples, max_samples=plan.max_samples, budget_s=plan.budget_s,
-                          rel_ci_target=plan.rel_ci, setup=setup)
+                          rel_ci_target=plan.rel_ci, setup=timed_setup)
     record: dict[str, Any] = {"samples": {"latency_s": samples.raw, "cpu_s": cpu_s[plan.warmup:]},
                               "timing": {k: v for k, v in samples.to_dict().items() if k != "raw"},
                               "routing": routing_info, "gpu": gpu.summary}
+    if graph_record is not None:
+        record["cuda_graph"] = graph_record
     if slowdown:
         record["injected_slowdown"] = slowdown  # a testing hook was on: never a real measurement
     metrics = _throughput_metrics(spec, samples.median, n_tokens, training)
@@ -117,7 +123,7 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
         # padded capacity buffers: the fraction of the E*C slots that hold no assignment
         metrics["padding_waste"] = 1 - stats.kept_load_E.sum().item() / (stats.load_E.numel() * stats.capacity)
 
-    if plan.phases:
+    if plan.phases and graph_step is None:  # a replayed graph has no phases to time
         breakdown = phase_breakdown(step, device, repeats=5, setup=setup)
         record["phases"] = breakdown.to_dict()
         for name, seconds in breakdown.phases.items():
@@ -289,6 +295,48 @@ class _NoGpu(contextlib.AbstractContextManager):
 
     def __exit__(self, *exc):
         return False
+
+
+def _cuda_graph(layer, device: str, training: bool, inputs: list, token_ids: list, offsets, setup, state: dict):
+    """(record, step, setup) replaying the forward from a CUDA graph, or (record, None, None) saying why
+    not. The graph reads fixed buffers, so the untimed setup copies each next input (and forced routing
+    offsets) into them; warm-up runs on a side stream before capture, as torch's CUDA-graph docs ask."""
+    why = None
+    if torch.device(device).type != "cuda":
+        why = "not on CUDA"
+    elif training:
+        why = "forward mode only"
+    else:
+        sync = first_host_sync(layer, inputs[0])
+        if sync is not None:
+            why = f"the forward reads device values on the host ({sync})"
+    if why is not None:
+        return {"requested": True, "used": False, "why": why}, None, None
+    static_x, static_ids = inputs[0].clone(), token_ids[0].clone()
+    static_offsets = None
+    if offsets is not None:
+        static_offsets = offsets[0].clone()
+        layer.router.selection_offset_TE = static_offsets
+    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    side.wait_stream(main)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode():
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                layer(static_x, token_ids=static_ids)
+        main.wait_stream(side)
+        with torch.cuda.graph(graph):
+            layer(static_x, token_ids=static_ids)
+
+    def graph_setup() -> None:
+        setup()
+        static_x.copy_(state["x"])
+        static_ids.copy_(state["ids"])
+        if static_offsets is not None:
+            static_offsets.copy_(layer.router.selection_offset_TE)
+            layer.router.selection_offset_TE = static_offsets
+
+    return {"requested": True, "used": True, "why": None}, graph.replay, graph_setup
 
 
 def dense_ffn_rate(spec, n_tokens: int, device: str, training: bool, timer) -> float:

@@ -56,6 +56,9 @@ class Workload:
     seed: int = 0
     input_variants: int = 4  # distinct inputs cycled between timed iterations
     expand: int = 0  # lifelong: experts added with layer.expand() (old ones frozen) before measuring
+    # CUDA, forward: replay the forward from a CUDA graph where the layer never reads device values on
+    # the host (moebench.measure.host_sync); otherwise it runs eagerly and the record says why
+    cuda_graph: bool = False
 
     @property
     def n_tokens(self) -> int:

@@ -138,3 +138,29 @@ def test_dispatch_bandwidth_is_the_accounted_bytes_over_the_dispatch_and_combine
     assert metrics["dispatch_bytes_per_s"] == pytest.approx((predicted["dispatch"] + predicted["combine"]) / seconds)
     assert metrics["dispatch_frac_of_bandwidth"] == pytest.approx(
         metrics["dispatch_bytes_per_s"] / metrics["copy_bandwidth_bytes_per_s"])
+
+
+def test_cuda_graph_request_on_cpu_runs_eagerly_and_says_why():
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, capacity_factor=1.25, backend="padded")
+    case = Case("c", {}, spec, Workload(tokens=32, cuda_graph=True),
+                MeasurePlan(warmup=1, min_samples=3, max_samples=3, budget_s=0.05, memory=False, ceiling=False))
+    record = run_case(case, "cpu", threads=1)
+    assert record["cuda_graph"] == {"requested": True, "used": False, "why": "not on CUDA"}
+    assert "phase_experts_s" in record["metrics"]  # eager: phases are timed as usual
+    assert "cuda_graph" not in run_case(Case("c", {}, spec, Workload(tokens=32), case.measure), "cpu", 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: graph capture")
+@pytest.mark.parametrize("backend,capacity_factor,used", [("padded", 1.25, True), ("sort_gather", None, False)])
+def test_cuda_graph_replays_sync_free_layers_only(backend, capacity_factor, used):
+    spec = LayerSpec(d_model=64, d_ff=128, n_experts=8, top_k=2, capacity_factor=capacity_factor, backend=backend,
+                     dtype="bfloat16")
+    case = Case("c", {}, spec, Workload(tokens=256, cuda_graph=True, routing="zipf", routing_params={"alpha": 1.2}),
+                MeasurePlan(warmup=2, min_samples=5, max_samples=5, budget_s=0.5, memory=False, ceiling=False))
+    record = run_case(case, "cuda", threads=1)
+    assert record["cuda_graph"]["used"] is used, record["cuda_graph"]
+    assert len(record["samples"]["latency_s"]) == 5 and min(record["samples"]["latency_s"]) > 0
+    assert ("phase_experts_s" in record["metrics"]) is not used  # a replayed graph has no phases
+    if not used:
+        assert "host" in record["cuda_graph"]["why"]

@@ -1,0 +1,39 @@
+"""The fake-tensor host-sync probe: finds the data-dependent operations a real forward runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moebench import LayerSpec, build_layer
+from moebench.measure.host_sync import first_host_sync
+
+
+def routed(backend: str, capacity_factor: float | None) -> torch.nn.Module:
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, backend=backend, capacity_factor=capacity_factor)
+    layer = build_layer(spec).eval()
+    layer.collect_stats = False  # statistics are read on the host on purpose, after timing
+    return layer
+
+
+def test_token_choice_with_capacity_on_padded_buffers_never_syncs():
+    """Static capacity buffers, positions by sort + scatter_add, aux loss by scatter_add: capturable."""
+    assert first_host_sync(routed("padded", 1.25), torch.randn(16, 32)) is None
+
+
+@pytest.mark.parametrize("backend,capacity_factor,op", [
+    ("padded", None, "_local_scalar_dense"),  # dropless: C = max load, read on the host
+    ("sort_gather", 1.25, "bincount"),  # per-expert counts decide the slices
+    ("grouped_mm", None, "bincount"),
+])
+def test_backends_that_size_buffers_from_the_routing_are_found(backend, capacity_factor, op):
+    assert op in first_host_sync(routed(backend, capacity_factor), torch.randn(16, 32))
+
+
+def test_an_explicit_item_is_found():
+    class Reads(torch.nn.Module):
+        def forward(self, x):
+            return x * x.sum().item()
+
+    assert "_local_scalar_dense" in first_host_sync(Reads(), torch.randn(3))
+    assert first_host_sync(torch.nn.Linear(3, 3), torch.randn(2, 3)) is None
