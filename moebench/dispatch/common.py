@@ -7,7 +7,7 @@ Axis legend: T tokens, D model dim, F expert hidden dim, E experts, A assignment
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +36,15 @@ def activate(h_TI: torch.Tensor, activation: str) -> torch.Tensor:
 def ffn(x_TD: torch.Tensor, w_in_ID: torch.Tensor, w_out_DF: torch.Tensor, activation: str) -> torch.Tensor:
     """One expert: w_out @ act(w_in @ x)."""
     return F.linear(activate(F.linear(x_TD, w_in_ID), activation), w_out_DF)
+
+
+def expert_rows(counts: list[int]) -> Iterator[tuple[int, slice]]:
+    """(expert, its rows of the expert-sorted buffer) for every expert with assignments, in order."""
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            yield e, slice(start, start + n)
+        start += n
 
 
 RunFn = Callable[[torch.Tensor, Routing, torch.Tensor, torch.Tensor, str], torch.Tensor]

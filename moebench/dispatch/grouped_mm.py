@@ -29,7 +29,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from moebench.dispatch.common import activate, ffn
+from moebench.dispatch.common import activate, expert_rows, ffn
 from moebench.dispatch.sort_gather import kept_by_expert
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
@@ -84,11 +84,7 @@ def _runs_on_cpu(dtype: torch.dtype) -> bool:
 def _per_expert(x_SD: torch.Tensor, counts: list[int], w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor,
                 activation: str) -> torch.Tensor:
     """The fallback: one GEMM pair per expert slice of the sorted buffer."""
-    outs, start = [], 0
-    for e, n in enumerate(counts):
-        if n:
-            outs.append(ffn(x_SD[start:start + n], w_in_EID[e], w_out_EDF[e], activation))
-        start += n
+    outs = [ffn(x_SD[rows], w_in_EID[e], w_out_EDF[e], activation) for e, rows in expert_rows(counts)]
     return torch.cat(outs) if outs else x_SD.new_zeros(0, w_out_EDF.shape[1])
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from moebench.dispatch import onednn_ffn
-from moebench.dispatch.common import activate, ffn
+from moebench.dispatch.common import activate, expert_rows, ffn
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
@@ -72,12 +72,7 @@ def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor
     y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     if not tracked:
         return _untracked(x_TD, token_S, weight_S1, counts, w_in_EID, w_out_EDF, activation, y_TD).to(x_TD.dtype)
-    start = 0
-    for e, n in enumerate(counts):
-        if not n:
-            continue
-        rows = slice(start, start + n)
-        start += n
+    for e, rows in expert_rows(counts):
         with phase("dispatch"):
             token_n = token_S[rows]
             x_nD = x_TD.index_select(0, token_n)
@@ -97,26 +92,22 @@ def _untracked(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S1: torch.Tenso
     is smaller."""
     n_max, D, I = max(counts, default=0), x_TD.shape[1], w_in_EID.shape[1]
     # On CPU the activation runs inside the GEMMs where torch's oneDNN post-ops allow (onednn_ffn).
-    fused = onednn_ffn.available(x_TD, w_in_EID, w_out_EDF, activation) and onednn_ffn.expert_weights(
-        w_in_EID, w_out_EDF, activation)
+    fused = (onednn_ffn.expert_weights(w_in_EID, w_out_EDF, activation)
+             if onednn_ffn.available(x_TD, w_in_EID, w_out_EDF, activation) else None)
     x_buf = x_TD.new_empty(n_max, D)
-    h_buf = x_TD.new_empty(0 if fused else n_max, I)
+    h_buf = x_TD.new_empty(0 if fused is not None else n_max, I)
     out_buf = x_TD.new_empty(n_max, D)
     f32_buf = out_buf if x_TD.dtype == torch.float32 else torch.empty(n_max, D, device=x_TD.device)
     scale_act = w_out_EDF.shape[2] <= D
     # In x's dtype: an in-place bf16 *= float32 runs TensorIterator's casting loop, 8x slower here.
     act_weight_S1 = weight_S1.to(x_TD.dtype) if scale_act else weight_S1
-    start = 0
-    for e, n in enumerate(counts):
-        if not n:
-            continue
-        rows = slice(start, start + n)
-        start += n
+    for e, rows in expert_rows(counts):
+        n = rows.stop - rows.start
         with phase("dispatch"):
             token_n = token_S[rows]
             x_nD = torch.index_select(x_TD, 0, token_n, out=x_buf[:n])
         with phase("experts"):
-            if fused:
+            if fused is not None:
                 out_nD = onednn_ffn.fused_ffn(x_nD, fused[e], act_weight_S1[rows] if scale_act else None)
             else:
                 act_nF = activate_inplace(torch.mm(x_nD, w_in_EID[e].t(), out=h_buf[:n]), activation)

@@ -120,9 +120,14 @@ class PEER(nn.Module):
         # matmul (at T = 1024, R = 1024, Q = 256), which packs the strided queries per batch.
         keys_GPQR = self._keys_GPQR()
         for h in range(q_THPQ.shape[1]):
-            for p in range(2):
-                torch.mm(q_THPQ[:, h, p], keys_GPQR[h if len(keys_GPQR) > 1 else 0, p], out=s_HPTR[h, p])
+            self._head_scores_into(q_THPQ[:, h], keys_GPQR, h, s_HPTR[h])
         return s_HPTR
+
+    @staticmethod
+    def _head_scores_into(q_TPQ: torch.Tensor, keys_GPQR: torch.Tensor, h: int, s_PTR: torch.Tensor) -> None:
+        """Head h's sub-key scores, one GEMM per half, into s_PTR (keys of head h, or the shared set)."""
+        for p in range(q_TPQ.shape[1]):
+            torch.mm(q_TPQ[:, p], keys_GPQR[h if len(keys_GPQR) > 1 else 0, p], out=s_PTR[p])
 
     def _keys_GPQR(self) -> torch.Tensor:
         """float32 keys as contiguous [Q, R] GEMM operands (~10% faster GEMMs than transposed views), kept
@@ -156,9 +161,7 @@ class PEER(nn.Module):
             s_1PTR = s_flat[:P * n * R].view(1, P, n, R)
             for h in range(H):
                 with phase("subkey_scores"):
-                    for p in range(P):
-                        keys_QR = keys_GPQR[h if len(keys_GPQR) > 1 else 0, p]
-                        torch.mm(q_THPQ[t0:t0 + n, h, p], keys_QR, out=s_1PTR[0, p])
+                    self._head_scores_into(q_THPQ[t0:t0 + n, h], keys_GPQR, h, s_1PTR[0])
                 with phase("candidate_topk"):
                     peer_native.product_topk(s_1PTR, i_C, j_C, K, out=(score_T1K[:n], idx_T1K[:n]))
                     score_THK[t0:t0 + n, h] = score_T1K[:n, 0]
