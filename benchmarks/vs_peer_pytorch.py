@@ -82,11 +82,24 @@ def floor_seconds(T: int, D: int, H: int, k: int, R: int, Q: int, budget_s: floa
     return {"gemm_flops": gemm, "copy_bytes": copy, "scoring_s": flops / gemm, "experts_s": expert_bytes / copy}
 
 
+def positive(kind: type):
+    """argparse type: a number of `kind` above zero (bad input: one message, exit 2)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is invalid: must be > 0")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="N = 256^2, T = 256")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--budget", type=float, default=20.0, help="seconds of sampling per implementation")
+    p.add_argument("--threads", type=positive(int), default=torch.get_num_threads())
+    p.add_argument("--budget", type=positive(float), default=20.0, help="seconds of sampling per implementation")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd experts row")
     p.add_argument("--no-huge-pages", action="store_true", help="leave u and v on the pages they were given")
     a = p.parse_args(argv)

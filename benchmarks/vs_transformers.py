@@ -233,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise ValueError(f"--G {bad} invalid: each must be >= 1 and divide {F_BASE}")
         dtypes = [DTYPES[d] for d in args.dtypes.split(",")]
-    except (ValueError, KeyError) as exc:
-        print(f"error: {exc} (dtypes: {', '.join(DTYPES)})", file=sys.stderr)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"error: --dtypes {exc} unknown; valid: {', '.join(DTYPES)}", file=sys.stderr)
         return 2
     # Default: every backend that runs here, but the loop reference and triton (on CPU only under the
     # Triton interpreter, a correctness tool: timing it means nothing).

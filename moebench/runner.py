@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from moebench.store import ResultWriter, finished_case_ids
 from moebench.suite import Case, Suite
 
@@ -71,12 +73,21 @@ def select_cases(cases: list[Case], filters: tuple[str, ...]) -> list[Case]:
             if "=" in flt:
                 key, value = flt.split("=", 1)
                 actual = case.params.get(key, getattr(case.spec, key, getattr(case.workload, key, None)))
-                ok = ok and str(actual) == value
+                ok = ok and (str(actual) == value or actual == _yaml_value(value))
             else:
                 ok = ok and flt in case.case_id
         if ok:
             kept.append(case)
     return kept
+
+
+def _yaml_value(text: str):
+    """A filter value read as the suite file would read it (true, 1.25, null), so that it matches the
+    value, not only its Python spelling; text that is not a YAML scalar stays text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def results_path(suite: Suite, options: RunOptions) -> Path:

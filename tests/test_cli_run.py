@@ -56,3 +56,11 @@ def test_device_cuda_without_cuda_exits_3(tmp_path):
     assert result.exit_code == 3
     assert "CUDA is not available" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_filter_values_match_as_the_suite_file_writes_them():
+    """`cuda_graph=true` (YAML) and `cuda_graph=True` (Python) pick the same cases; so do 1.25 and 1.250."""
+    for value in ("true", "True"):
+        result = run("run", "gpu_speed", "--dry-run", "--filter", f"cuda_graph={value}")
+        assert result.exit_code == 0 and "2 cases" in result.output, result.output
+    assert "4 cases" in run("run", "gpu_speed", "--dry-run", "--filter", "capacity_factor=1.250").output
