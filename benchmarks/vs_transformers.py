@@ -228,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch intra-op threads (default: torch's); 1 is robust on a shared, loaded machine")
     args = parser.parse_args(argv)
     try:
-        Gs = [int(g) for g in args.G.split(",")]
+        try:
+            Gs = [int(g) for g in args.G.split(",")]
+        except ValueError:
+            raise ValueError(f"--G {args.G!r} invalid: comma-separated integers, e.g. 1,4,8,16") from None
         bad = [g for g in Gs if g < 1 or F_BASE % g]
         if bad:
             raise ValueError(f"--G {bad} invalid: each must be >= 1 and divide {F_BASE}")
