@@ -11,11 +11,11 @@ Why C: torch.topk costs ~4 us per row of 1024 scores on CPU (16384 rows per forw
 config: 65 ms of a 270 ms forward); this runs ~3x faster, and torch offers no pruned or fused top-k. The
 gather-dot reads random 2 KiB rows, bound by memory latency: software prefetch (which neither torch nor
 inductor emits) keeps several rows in flight, ~10% faster than the inductor loop at that config.
-The source is compiled once with the system C compiler (as inductor's CPU code is) into a per-user
-cache directory (MOEBENCH_NATIVE_CACHE overrides it) and called through ctypes; `available()` says
-whether that worked. Scores equal torch's bit for bit (the same float32 sums); which of tied scores is
-kept may differ from torch.topk, as between torch versions. NaN scores are never retrieved (torch.topk
-ranks them first; a row with under K other scores is padded with -inf scores of expert 0).
+The source is compiled once with the system C compiler, as inductor's CPU code is (moebench.kernels.
+native_build), and called through ctypes; `available()` says whether that worked. Scores equal torch's
+bit for bit (the same float32 sums); which of tied scores is kept may differ from torch.topk, as between
+torch versions. NaN scores are never retrieved (torch.topk ranks them first; a row with under K other
+scores is padded with -inf scores of expert 0).
 Threads: torch.get_num_threads() of torch's own OpenMP workers, over contiguous ranges of rows (fan_out).
 Axis legend: T tokens, D model dim, N experts, H heads, P = 2 halves, R sub-keys per half, K retrieved per
 head, C candidate pairs, A = H*K retrieved per token.
@@ -25,15 +25,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import socket
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
+
+from moebench.kernels import native_build
 
 SOURCE = r"""
 #include <math.h>
@@ -165,10 +160,8 @@ static void* dot_run(void* arg) {
     return 0;
 }
 
-/* One job per OpenMP thread. Built with -fopenmp, this library needs libgomp.so.1, and the loader hands it
-   the one torch already loaded (same soname): the jobs run on torch's own worker threads. Threads of our
-   own would compete with torch's workers, which spin for a while after each parallel region (measured:
-   top-k 8 ms slower per forward with pthreads). Without OpenMP support the pragma is ignored: serial. */
+/* One job per OpenMP thread, on torch's own workers (native_build says why). Without OpenMP support the
+   pragma is ignored: serial. */
 static void fan_out(void* (*run)(void*), void* jobs, size_t size, int n) {
     #pragma omp parallel for num_threads(n) schedule(static, 1)
     for (int i = 0; i < n; i++) run((char*)jobs + i * size);
@@ -190,33 +183,14 @@ void peer_gather_dot(const float* x, const float* u, const int64_t* idx, float* 
 }
 """
 MAX_K = 256  # the C buffers' size
-MAX_THREADS = 64
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]  # no -ffast-math: keep IEEE sums
+MAX_THREADS = native_build.MAX_THREADS
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    # Keyed by source, flags and host: -march=native code must not travel to another CPU.
-    key = hashlib.sha256("\0".join([SOURCE, *FLAGS, socket.gethostname(), platform.machine()]).encode())
-    default = Path(tempfile.gettempdir()) / f"moebench_native_{os.getuid()}"
-    cache = Path(os.environ.get("MOEBENCH_NATIVE_CACHE", default))
-    lib = cache / f"peer_{key.hexdigest()[:16]}.so"
-    if not lib.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        src = cache / f"{lib.stem}.c"
-        src.write_text(SOURCE)
-        tmp = cache / f"{lib.stem}.{os.getpid()}.so"  # renamed into place: no process sees half a file
-        try:
-            subprocess.run([os.environ.get("CC", "cc"), *FLAGS, "-o", str(tmp), str(src), "-lm"], check=True,
-                           capture_output=True, timeout=120)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        tmp.replace(lib)
-    dll = ctypes.CDLL(str(lib))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    dll.peer_product_topk.argtypes = [ptr] * 5 + [i64] * 5 + [ctypes.c_int]
-    dll.peer_gather_dot.argtypes = [ptr] * 4 + [i64] * 3 + [ctypes.c_int]
-    return dll
+    return native_build.load("peer", SOURCE, {"peer_product_topk": [ptr] * 5 + [i64] * 5 + [ctypes.c_int],
+                                              "peer_gather_dot": [ptr] * 4 + [i64] * 3 + [ctypes.c_int]})
 
 
 def available() -> bool:
