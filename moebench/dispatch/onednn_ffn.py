@@ -1,7 +1,10 @@
 """One expert's FFN on CPU for inference: the activation fused into the GEMMs (oneDNN post-ops),
 the weights reordered once into oneDNN's blocked layout and kept while they do not change.
 
-    swiglu:      g_nF   = silu(x_nD @ w_gate_FD^T)           one GEMM, "swish" post-op
+    swiglu:      h_nI   = x_nD @ w_in_ID^T                    one GEMM over gate and up together, then
+                 act_nF = silu(h_nI[:, :F]) * h_nI[:, F:]     one C pass (kernels.dispatch_native)
+      or, without a C compiler:
+                 g_nF   = silu(x_nD @ w_gate_FD^T)           one GEMM, "swish" post-op
                  act_nF = (x_nD @ w_up_FD^T) * g_nF           one GEMM, binary "mul" post-op
     gelu, relu:  act_nF = act(x_nD @ w_in_FD^T)               one GEMM, unary post-op
     out_nD = act_nF @ w_out_DF^T                              one GEMM
@@ -9,8 +12,10 @@ the weights reordered once into oneDNN's blocked layout and kept while they do n
 Why fuse: the unfused FFN writes h [n, 2F], reads it back for the activation and writes act [n, F];
 with bf16 on AMX (2 cores, torch 2.13) that pass took as long as a GEMM (0.76 ms against 0.65 ms for
 x @ w_in^T at n=512, D=512, F=1408). A post-op applies the activation to each output tile while it
-is still in registers. It pays only for wide experts (F >= MIN_F_OVER_D * D, measured below): fine-grained
-experts run the plain path.
+is still in registers, but swiglu's product pairs two column halves, which a post-op cannot: it needs
+two half-width GEMMs (each less efficient than one of full width) and a binary post-op. The C pass
+after one full-width GEMM measured faster than both (per expert at those shapes: 655 + 200 us against
+385 + 100 + 385 + 90 us for the post-op pair, 2 threads).
 Why pack: a plain matmul reorders its weight into the blocked layout on every call (a full read and
 write of the weight); per expert that cost about 10% of the GEMM in bf16 and fp32 alike. Packing once
 and reusing is what CPU inference stacks do (inductor's freezing, oneDNN graph). The packed copies live
@@ -41,6 +46,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from moebench.dispatch.common import ffn
+from moebench.kernels import dispatch_native
 
 DTYPES = (torch.bfloat16,)
 # Unary post-op name and algorithm per activation (gelu: "none" is the erf form, F.gelu's default).
@@ -88,7 +94,7 @@ def _probe(dtype: torch.dtype, activation: str) -> bool:
     try:
         with torch.inference_mode(False), torch.no_grad():
             for pack in (False, True):
-                weights = _make_weights(w_in_EID, w_out_EDF, activation, pack)[0]
+                weights = _make_weights(w_in_EID, w_out_EDF, activation, pack, _split_gate_up())[0]
                 if ((fused_ffn(x_nD, weights).float() - want).abs().max() > tol).item():
                     return False
     except (RuntimeError, NotImplementedError, AttributeError):
@@ -101,20 +107,25 @@ class ExpertWeights:
     """One expert's weights as fused_ffn takes them: plain contiguous views or oneDNN-packed tensors."""
 
     activation: str
-    w_a: torch.Tensor  # swiglu: gate rows [F, D]; else all of w_in [F, D]
-    w_b: torch.Tensor | None  # swiglu: up rows [F, D]
+    w_a: torch.Tensor  # swiglu split (no C pass): gate rows [F, D]; else all of w_in [I, D]
+    w_b: torch.Tensor | None  # swiglu split: up rows [F, D]
     w_out: torch.Tensor  # [D, F]
 
 
+def _split_gate_up() -> bool:
+    """swiglu as two post-op GEMMs (True) or one GEMM and the C pass (False, where it compiled)."""
+    return not dispatch_native.available()
+
+
 def _make_weights(w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor, activation: str,
-                  pack: bool) -> list[ExpertWeights]:
+                  pack: bool, split_gate_up: bool) -> list[ExpertWeights]:
     def prep(w: torch.Tensor) -> torch.Tensor:
         w = w.contiguous()
         return torch.ops.mkldnn._reorder_linear_weight(w, _ROW_HINT) if pack else w
 
     experts = []
     for w_in_ID, w_out_DF in zip(w_in_EID, w_out_EDF, strict=True):
-        if activation == "swiglu":
+        if activation == "swiglu" and split_gate_up:
             w_gate_FD, w_up_FD = w_in_ID.chunk(2, dim=0)
             experts.append(ExpertWeights(activation, prep(w_gate_FD), prep(w_up_FD), prep(w_out_DF)))
         else:
@@ -128,16 +139,17 @@ _PACKED = WeakIdKeyDictionary()
 
 def expert_weights(w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor, activation: str) -> list[ExpertWeights]:
     """Per expert, the weights fused_ffn takes: packed and cached where allowed, else plain views."""
+    split = _split_gate_up()
     if max(w_in_EID.nbytes, w_out_EDF.nbytes) > PACK_LIMIT:
-        return _make_weights(w_in_EID, w_out_EDF, activation, pack=False)
+        return _make_weights(w_in_EID, w_out_EDF, activation, pack=False, split_gate_up=split)
     made_from = tuple((w.data_ptr(), w._version, w.shape, w.stride(), w.dtype) for w in (w_in_EID, w_out_EDF))
-    made_from += (activation,)
+    made_from += (activation, split)
     entry = _PACKED.get(w_in_EID)
     if entry is None or entry[0] != made_from:
         # Packed tensors are plain buffers, never saved for backward: make them outside inference mode
         # so a later call that is not in inference mode may use them.
         with torch.inference_mode(False), torch.no_grad():
-            entry = (made_from, _make_weights(w_in_EID, w_out_EDF, activation, pack=True))
+            entry = (made_from, _make_weights(w_in_EID, w_out_EDF, activation, pack=True, split_gate_up=split))
         _PACKED[w_in_EID] = entry
     return entry[1]
 
@@ -147,11 +159,15 @@ def clear_packed_weights() -> None:
     _PACKED.clear()
 
 
-def fused_ffn(x_nD: torch.Tensor, weights: ExpertWeights, row_scale_n1: torch.Tensor | None = None) -> torch.Tensor:
-    """w_out @ act(w_in @ x) for one expert, optionally times row_scale (applied to act, in x's dtype)."""
+def fused_ffn(x_nD: torch.Tensor, weights: ExpertWeights, row_scale_n1: torch.Tensor | None = None,
+              act_buf: torch.Tensor | None = None) -> torch.Tensor:
+    """w_out @ act(w_in @ x) for one expert, optionally times row_scale (applied to act, in x's dtype).
+    act_buf: [n, F] storage the C swiglu pass may write act into (else it allocates)."""
     linear = _linear()
     x_nD = x_nD.contiguous()
-    if weights.activation == "swiglu":
+    if weights.activation == "swiglu" and weights.w_b is None:
+        act_nF = dispatch_native.swiglu_bf16(linear(x_nD, weights.w_a, None, "none", [], ""), act_buf)
+    elif weights.activation == "swiglu":
         g_nF = linear(x_nD, weights.w_a, None, "swish", [], "")
         act_nF = linear.binary(x_nD, g_nF, weights.w_b, None, "mul")
     else:

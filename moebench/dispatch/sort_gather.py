@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from moebench.dispatch import onednn_ffn
 from moebench.dispatch.common import activate, expert_rows, ffn
+from moebench.kernels import dispatch_native
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
@@ -69,9 +70,9 @@ def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor
         order_S, token_S, counts_E = kept_by_expert(routing)
         counts = counts_E.tolist()
         weight_S1 = routing.weight_A[order_S, None].float()
-    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     if not tracked:
-        return _untracked(x_TD, token_S, weight_S1, counts, w_in_EID, w_out_EDF, activation, y_TD).to(x_TD.dtype)
+        return _untracked(x_TD, token_S, weight_S1, counts, w_in_EID, w_out_EDF, activation).to(x_TD.dtype)
+    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     for e, rows in expert_rows(counts):
         with phase("dispatch"):
             token_n = token_S[rows]
@@ -84,21 +85,26 @@ def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor
 
 
 def _untracked(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S1: torch.Tensor, counts: list[int],
-               w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor, activation: str, y_TD: torch.Tensor) -> torch.Tensor:
+               w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor, activation: str) -> torch.Tensor:
     """The same loop with nothing to differentiate: every intermediate lives in buffers sized for the
     largest expert, allocated once per call (fresh multi-MB allocations page-fault on every call),
-    the activation runs fused into the GEMMs on CPU (onednn_ffn) or else in place, and the combine
-    weight scales whichever of act [n, F] (in x's dtype, one extra rounding) or out [n, D] (float32)
-    is smaller."""
+    the activation runs fused into the GEMMs on CPU (onednn_ffn) or else in place. On CPU with the C
+    kernels (kernels.dispatch_native) the combine widens, weights and adds in one pass; otherwise the
+    combine weight scales whichever of act [n, F] (in x's dtype, one extra rounding) or out [n, D]
+    (float32) is smaller."""
     n_max, D, I = max(counts, default=0), x_TD.shape[1], w_in_EID.shape[1]
+    native = x_TD.device.type == "cpu" and x_TD.dtype in dispatch_native.DTYPES and dispatch_native.available()
     # On CPU the activation runs inside the GEMMs where torch's oneDNN post-ops allow (onednn_ffn).
     fused = (onednn_ffn.expert_weights(w_in_EID, w_out_EDF, activation)
              if onednn_ffn.available(x_TD, w_in_EID, w_out_EDF, activation) else None)
+    if fused is not None and native:
+        return _fused_native(x_TD, token_S, weight_S1.view(-1), counts, fused, w_out_EDF.shape[2])
+    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     x_buf = x_TD.new_empty(n_max, D)
     h_buf = x_TD.new_empty(0 if fused is not None else n_max, I)
     out_buf = x_TD.new_empty(n_max, D)
-    f32_buf = out_buf if x_TD.dtype == torch.float32 else torch.empty(n_max, D, device=x_TD.device)
-    scale_act = w_out_EDF.shape[2] <= D
+    f32_buf = out_buf if x_TD.dtype == torch.float32 or native else torch.empty(n_max, D, device=x_TD.device)
+    scale_act = w_out_EDF.shape[2] <= D and not native
     # In x's dtype: an in-place bf16 *= float32 runs TensorIterator's casting loop, 8x slower here.
     act_weight_S1 = weight_S1.to(x_TD.dtype) if scale_act else weight_S1
     for e, rows in expert_rows(counts):
@@ -115,9 +121,31 @@ def _untracked(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S1: torch.Tenso
                     act_nF = act_nF.mul_(act_weight_S1[rows])
                 out_nD = torch.mm(act_nF, w_out_EDF[e].t(), out=out_buf[:n])
         with phase("combine"):
+            if native:
+                dispatch_native.combine_add(y_TD, out_nD, token_n, weight_S1[rows, 0])
+                continue
             if not scale_act:  # scale and widen to float32 in one pass
                 out_nD = torch.mul(out_nD, weight_S1[rows], out=f32_buf[:n])
             elif out_nD.dtype != torch.float32:
                 out_nD = f32_buf[:n].copy_(out_nD)
             y_TD.index_add_(0, token_n, out_nD)
     return y_TD
+
+
+def _fused_native(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S: torch.Tensor, counts: list[int],
+                  fused: list[onednn_ffn.ExpertWeights], F: int) -> torch.Tensor:
+    """The fused CPU path: each expert's packed GEMMs (and the C swiglu pass) into an output of its own,
+    then one C pass sums every token's weighted rows in float32 and rounds once to x's dtype (no
+    float32 [T, D] buffer, no per-expert combine)."""
+    x_buf = x_TD.new_empty(max(counts), x_TD.shape[1])
+    act_buf = x_TD.new_empty(max(counts), F)
+    outs = []
+    for e, rows in expert_rows(counts):
+        n = rows.stop - rows.start
+        with phase("dispatch"):
+            x_nD = torch.index_select(x_TD, 0, token_S[rows], out=x_buf[:n])
+        with phase("experts"):
+            outs.append(onednn_ffn.fused_ffn(x_nD, fused[e], act_buf=act_buf[:n]))
+    with phase("combine"):
+        return dispatch_native.combine_rows(outs, [n for n in counts if n], token_S, weight_S, *x_TD.shape,
+                                            x_TD.dtype)

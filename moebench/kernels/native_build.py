@@ -29,9 +29,10 @@ FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]  # no -ffast-ma
 MAX_THREADS = 64  # the C sources' job arrays
 
 
-def load(name: str, source: str, signatures: dict[str, list]) -> ctypes.CDLL | None:
+def load(name: str, source: str, signatures: dict[str, list], extra_flags: list[str] = ()) -> ctypes.CDLL | None:
     """The compiled library with each named function's argtypes set, or None if it did not compile."""
-    key = hashlib.sha256("\0".join([source, *FLAGS, socket.gethostname(), platform.machine()]).encode())
+    flags = [*FLAGS, *extra_flags]
+    key = hashlib.sha256("\0".join([source, *flags, socket.gethostname(), platform.machine()]).encode())
     default = Path(tempfile.gettempdir()) / f"moebench_native_{os.getuid()}"
     cache = Path(os.environ.get("MOEBENCH_NATIVE_CACHE", default))
     lib = cache / f"{name}_{key.hexdigest()[:16]}.so"
@@ -41,7 +42,7 @@ def load(name: str, source: str, signatures: dict[str, list]) -> ctypes.CDLL | N
         src.write_text(source)
         tmp = cache / f"{lib.stem}.{os.getpid()}.so"
         try:
-            subprocess.run([os.environ.get("CC", "cc"), *FLAGS, "-o", str(tmp), str(src), "-lm"], check=True,
+            subprocess.run([os.environ.get("CC", "cc"), *flags, "-o", str(tmp), str(src), "-lm"], check=True,
                            capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError):
             return None

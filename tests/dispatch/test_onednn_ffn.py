@@ -11,11 +11,15 @@ from moebench.dispatch import onednn_ffn
 from moebench.dispatch.common import ffn
 from moebench.dispatch.loop import run_loop
 from moebench.dispatch.sort_gather import run_sort_gather
+from moebench.kernels import dispatch_native
 from moebench.routing.assignment import Routing
 
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 BF16 = torch.bfloat16
 needs_mkldnn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+# swiglu as one GEMM + the C pass (needs a C compiler), or as two post-op GEMMs (the fallback)
+SPLITS = [pytest.param(False, marks=pytest.mark.skipif(not dispatch_native.available(), reason="no C compiler")),
+          True]
 
 
 def expert_weights(E: int, D: int, Fh: int, activation: str, dtype=BF16, seed: int = 0):
@@ -65,13 +69,15 @@ def test_available_for_bf16_on_cpu_only_without_autograd(activation):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("n", [1, 7, 300, 600])
 @pytest.mark.parametrize("pack", [False, True])
-def test_fused_ffn_equals_plain_ffn(activation, n, pack):
-    """Every expert of a stack, packed or not, with and without a row scale."""
+@pytest.mark.parametrize("split", SPLITS)
+def test_fused_ffn_equals_plain_ffn(activation, n, pack, split):
+    """Every expert of a stack, packed or not, swiglu either way, with and without a row scale."""
     D, Fh = 32, 48
     w_in, w_out = expert_weights(3, D, Fh, activation, seed=n)
     x = torch.randn(n, D).to(BF16)
     scale_n1 = torch.rand(n, 1)
-    weights = onednn_ffn._make_weights(w_in, w_out, activation, pack)
+    weights = onednn_ffn._make_weights(w_in, w_out, activation, pack, split)
+    assert (weights[0].w_b is not None) == (split and activation == "swiglu")
     with torch.no_grad():
         for e in range(3):
             want = ffn(x.float(), w_in[e].float(), w_out[e].float(), activation)
@@ -83,12 +89,16 @@ def test_fused_ffn_equals_plain_ffn(activation, n, pack):
 @needs_mkldnn
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
-def test_sort_gather_takes_the_fused_path_without_autograd(activation, context, monkeypatch):
-    """bf16 without autograd runs every expert through fused_ffn and matches the loop reference;
-    F > D and F < D cover both places the combine weight is applied."""
+@pytest.mark.parametrize("native", [pytest.param(True, marks=SPLITS[0].marks), False])
+def test_sort_gather_takes_the_fused_path_without_autograd(activation, context, native, monkeypatch):
+    """bf16 without autograd runs every expert through fused_ffn and matches the loop reference, with
+    the C kernels (swiglu pass, one combine) or without them (post-op swiglu, torch's combine, where
+    F > D and F < D cover both places the combine weight is applied)."""
+    if not native:
+        monkeypatch.setattr(dispatch_native, "available", lambda: False)
     calls = []
     real = onednn_ffn.fused_ffn
-    monkeypatch.setattr(onednn_ffn, "fused_ffn", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(onednn_ffn, "fused_ffn", lambda *a, **k: calls.append(1) or real(*a, **k))
     for Fh in (8, 40):
         w_in, w_out = expert_weights(5, 16, Fh, activation, seed=Fh)
         x = torch.randn(23, 16).to(BF16)
@@ -102,7 +112,7 @@ def test_sort_gather_takes_the_fused_path_without_autograd(activation, context, 
 
 @needs_mkldnn
 def test_sort_gather_with_autograd_does_not_take_the_fused_path(monkeypatch):
-    monkeypatch.setattr(onednn_ffn, "fused_ffn", lambda *a: pytest.fail("fused path taken under autograd"))
+    monkeypatch.setattr(onednn_ffn, "fused_ffn", lambda *a, **k: pytest.fail("fused path taken under autograd"))
     w_in, w_out = expert_weights(4, 16, 24, "swiglu")
     w_in.requires_grad_()
     x = torch.randn(9, 16).to(BF16)
