@@ -51,10 +51,13 @@ from moebench.kernels import dispatch_native
 DTYPES = (torch.bfloat16,)
 # Unary post-op name and algorithm per activation (gelu: "none" is the erf form, F.gelu's default).
 _UNARY = {"relu": ("relu", ""), "gelu": ("gelu", "none")}
-# Fuse only experts at least this many times wider than the model (F >= ratio * D). Measured on this
-# project's 2-core AMX machine, bf16, 2 threads, T=2048, D=512: fused 16 ms against 20 ms unfused at
-# F=1408, but 27 against 23 at F=704 and 38 against 32 at F=352: below, the unfused GEMM of both
-# halves at once plus a short activation pass beats two half-width GEMMs with post-ops.
+# Post-op fusion only for experts at least this many times wider than the model (F >= ratio * D).
+# Measured for swiglu as the post-op pair on this project's 2-core AMX machine, bf16, 2 threads,
+# T=2048, D=512: fused 16 ms against 20 ms unfused at F=1408, but 27 against 23 at F=704 and 38 against
+# 32 at F=352: below, the unfused GEMM of both halves at once plus a short activation pass beats two
+# half-width GEMMs with post-ops. swiglu with the C pass has no such limit: it measured as fast or faster
+# at every width (vs_transformers --quick, whole layer.experts call, against this limit: F=704 24 against
+# 31 ms, F=352 41 against 41, F=176 49 against 62). gelu and relu keep the limit (not measured below it).
 MIN_F_OVER_D = 2.0
 PACK_LIMIT = 512 * 2**20  # bytes of one weight tensor [E, ., .] above which it is not packed
 _ROW_HINT = 512  # oneDNN picks a packed layout for a typical row count; any count runs with it
@@ -74,7 +77,7 @@ def available(x_TD: torch.Tensor, w_in_EID: torch.Tensor, w_out_EDF: torch.Tenso
         return False
     if activation != "swiglu" and activation not in _UNARY:
         return False
-    if w_out_EDF.shape[2] < MIN_F_OVER_D * x_TD.shape[-1]:
+    if w_out_EDF.shape[2] < MIN_F_OVER_D * x_TD.shape[-1] and (activation != "swiglu" or _split_gate_up()):
         return False
     return _probe(x_TD.dtype, activation)
 

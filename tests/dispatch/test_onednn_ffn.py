@@ -43,12 +43,19 @@ def fuse_any_width(monkeypatch):
 
 
 @needs_mkldnn
-def test_only_experts_wide_enough_are_fused(monkeypatch):
+@pytest.mark.parametrize("activation, native", [("swiglu", False), ("gelu", False), ("relu", True),
+                                                ("swiglu", True)])
+def test_only_experts_wide_enough_take_post_ops(activation, native, monkeypatch):
+    """The width limit holds for post-op fusion; swiglu with the C pass runs fused at any width."""
+    if native and not dispatch_native.available():
+        pytest.skip("no C compiler")
     monkeypatch.setattr(onednn_ffn, "MIN_F_OVER_D", 2.0)
+    monkeypatch.setattr(dispatch_native, "available", lambda: native)
     x = torch.randn(4, 16).to(BF16)
-    for Fh, fused in ((31, False), (32, True), (48, True)):
-        w_in, w_out = expert_weights(2, 16, Fh, "swiglu")
-        assert onednn_ffn.available(x, w_in, w_out, "swiglu") is fused, Fh
+    for Fh, wide in ((31, False), (32, True), (48, True)):
+        w_in, w_out = expert_weights(2, 16, Fh, activation)
+        want = wide or (native and activation == "swiglu")
+        assert onednn_ffn.available(x, w_in, w_out, activation) is want, Fh
 
 
 @needs_mkldnn
