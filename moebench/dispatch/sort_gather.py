@@ -53,7 +53,10 @@ def kept_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 def activate_inplace(h_nI: torch.Tensor, activation: str) -> torch.Tensor:
     """activate(h) computed in h's own storage (no autograd): for swiglu the result is the gate half
-    of h, a strided view the next GEMM reads directly."""
+    of h, a strided view the next GEMM reads directly (float32 on CPU: one C pass, not two of torch's)."""
+    if activation == "swiglu" and h_nI.dtype == torch.float32 and h_nI.device.type == "cpu" \
+            and h_nI.is_contiguous() and dispatch_native.available():
+        return dispatch_native.swiglu_f32_(h_nI)
     if activation == "swiglu":
         gate_nF, up_nF = h_nI.chunk(2, dim=-1)
         return F.silu(gate_nF, inplace=True).mul_(up_nF)

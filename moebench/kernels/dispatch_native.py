@@ -93,9 +93,22 @@ static int64_t swiglu_row_vector(const uint16_t* gate, const uint16_t* up, uint1
     }
     return j;
 }
+static int64_t swiglu_row_vector_f32(float* gate, const float* up, int64_t F) {
+    int64_t j = 0;
+    for (; j + 16 <= F; j += 16) {
+        __m512 g = _mm512_loadu_ps(gate + j);
+        __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_storeu_ps(gate + j, _mm512_mul_ps(s, _mm512_loadu_ps(up + j)));
+    }
+    return j;
+}
 #else
 static int64_t swiglu_row_vector(const uint16_t* gate, const uint16_t* up, uint16_t* a, int64_t F) {
     (void)gate; (void)up; (void)a; (void)F;
+    return 0;
+}
+static int64_t swiglu_row_vector_f32(float* gate, const float* up, int64_t F) {
+    (void)gate; (void)up; (void)F;
     return 0;
 }
 #endif
@@ -110,6 +123,17 @@ void moe_swiglu_bf16(const uint16_t* h, uint16_t* act, int64_t n, int64_t F, int
             float g = bf16_to_f32(gate[j]);
             a[j] = f32_to_bf16(g / (1.0f + exp_f32(-g)) * bf16_to_f32(up[j]));
         }
+    }
+}
+
+/* float32 h = [gate | up] rows of 2F: gate := silu(gate) * up, in place (the next GEMM reads the strided half) */
+void moe_swiglu_f32_inplace(float* h, int64_t n, int64_t F, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float* gate = h + i * 2 * F;
+        const float* up = gate + F;
+        for (int64_t j = swiglu_row_vector_f32(gate, up, F); j < F; j++)
+            gate[j] = gate[j] / (1.0f + exp_f32(-gate[j])) * up[j];
     }
 }
 
@@ -180,6 +204,7 @@ def _library() -> ctypes.CDLL | None:
     # 512-bit vectors: swiglu is compute-bound (exp, a division); 20% faster than gcc's default 256 here.
     return native_build.load("dispatch", SOURCE, extra_flags=["-mprefer-vector-width=512"], signatures={
         "moe_swiglu_bf16": [ptr, ptr, i64, i64, c_int],
+        "moe_swiglu_f32_inplace": [ptr, i64, i64, c_int],
         "moe_combine_add": [ptr, ptr, c_int, ptr, ptr, i64, i64, c_int],
         "moe_combine_rows": [ptr, c_int, ptr, c_int, ptr, ptr, ptr, i64, i64, c_int],
     })
@@ -223,6 +248,18 @@ def swiglu_bf16(h_nI: torch.Tensor, out_nF: torch.Tensor | None = None) -> torch
     if n:
         _lib().moe_swiglu_bf16(h_nI.data_ptr(), out_nF.data_ptr(), n, I // 2, _threads(out_nF.numel()))
     return out_nF
+
+
+def swiglu_f32_(h_nI: torch.Tensor) -> torch.Tensor:
+    """In place on float32 h = [gate | up] ([n, 2F], contiguous): gate := silu(gate) * up (float32 math
+    with the polynomial exp: relative error ~3e-6 against torch's). Returns the gate half, a strided view."""
+    _check("h", h_nI, (torch.float32,), 2)
+    n, I = h_nI.shape
+    if I % 2:
+        raise ValueError(f"swiglu_f32_: h has {I} columns; it needs [gate | up], an even number")
+    if n:
+        _lib().moe_swiglu_f32_inplace(h_nI.data_ptr(), n, I // 2, _threads(n * I // 2))
+    return h_nI[:, :I // 2]
 
 
 def combine_add(y_TD: torch.Tensor, out_nD: torch.Tensor, token_n: torch.Tensor,
@@ -279,4 +316,4 @@ def combine_rows(outs: list[torch.Tensor], counts: list[int], token_S: torch.Ten
     return y_TD
 
 
-__all__ = ["DTYPES", "available", "combine_add", "combine_rows", "swiglu_bf16"]
+__all__ = ["DTYPES", "available", "combine_add", "combine_rows", "swiglu_bf16", "swiglu_f32_"]

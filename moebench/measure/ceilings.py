@@ -69,12 +69,15 @@ def copy_bandwidth(n_bytes: int = 256 * 2**20, device: str = "cpu", *, timer: Ti
 
 def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_hidden: int,
                         dtype: str | torch.dtype = "float32", device: str = "cpu", *, timer: Timer | None = None,
-                        seed: int = 0, **measure_kwargs: Any) -> Samples:
+                        seed: int = 0, packed: bool = False, **measure_kwargs: Any) -> Samples:
     """Timing samples of the GEMMs a routed FFN runs, as plain dense GEMMs of the same shapes: for each
     expert with n rows, [n, d_model] @ [d_model, d_in] and [n, d_hidden] @ [d_hidden, d_model], back to
     back, on contiguous operands already in place (no gather, activation or combine), into preallocated
-    outputs. Each weight is timed in both layouts torch can take ([k, n] row-major, or the [n, k]
+    outputs. Each weight is timed in both layouts torch.mm can take ([k, n] row-major, or the [n, k]
     transposed view F.linear uses) and the faster layout's samples are returned.
+    packed=True instead times the weights reordered once into oneDNN's blocked layout (what inference
+    stacks and moebench's bf16 CPU path do; torch.ops.mkldnn, CPU only): the faster GEMMs a dense model
+    gets only by prepacking. Raises ValueError where that op is missing.
 
     The fraction a dispatch backend reaches of this time is what its gather, activation and combine
     cost on top of the expert GEMMs themselves; the GEMMs' own efficiency at these shapes (small n
@@ -82,6 +85,9 @@ def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_h
     dt, dev = as_dtype(dtype), torch.device(device)
     if any(n < 0 for n in rows_per_expert):
         raise ValueError(f"rows_per_expert={rows_per_expert} is invalid: counts must be >= 0")
+    linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if packed and (dev.type != "cpu" or linear is None or not torch.backends.mkldnn.is_available()):
+        raise ValueError(f"packed=True needs a CPU device and torch's oneDNN ops (device={device})")
     gen = torch.Generator(device=dev).manual_seed(seed)
     S, E = sum(rows_per_expert), len(rows_per_expert)
 
@@ -91,12 +97,26 @@ def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_h
     x_SD, act_SF = rand(S, d_model), rand(S, d_hidden)
     h_SI, out_SD = x_SD.new_empty(S, d_in), x_SD.new_empty(S, d_model)
     w_in_EID, w_out_EDF = rand(E, d_in, d_model), rand(E, d_model, d_hidden)
-    layouts = {"linear": (w_in_EID.transpose(1, 2), w_out_EDF.transpose(1, 2)),
-               "row-major": (w_in_EID.transpose(1, 2).contiguous(), w_out_EDF.transpose(1, 2).contiguous())}
     slices, start = [], 0
     for n in rows_per_expert:
         slices.append(slice(start, start + n))
         start += n
+    timer = timer or make_timer(dev)
+    if packed:
+        def pack(w: torch.Tensor) -> torch.Tensor:
+            return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), max(max(rows_per_expert, default=1), 1))
+
+        w_in_packed, w_out_packed = [pack(w) for w in w_in_EID], [pack(w) for w in w_out_EDF]
+
+        def run_packed() -> None:  # oneDNN allocates each output (no out= variant)
+            for e, rows in enumerate(slices):
+                if rows.stop > rows.start:
+                    linear(x_SD[rows], w_in_packed[e], None, "none", [], "")
+                    linear(act_SF[rows], w_out_packed[e], None, "none", [], "")
+
+        return measure(run_packed, timer, **measure_kwargs)
+    layouts = {"linear": (w_in_EID.transpose(1, 2), w_out_EDF.transpose(1, 2)),
+               "row-major": (w_in_EID.transpose(1, 2).contiguous(), w_out_EDF.transpose(1, 2).contiguous())}
 
     def run(w_in_EDI: torch.Tensor, w_out_EFD: torch.Tensor) -> None:
         for e, rows in enumerate(slices):
@@ -104,6 +124,5 @@ def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_h
                 torch.mm(x_SD[rows], w_in_EDI[e], out=h_SI[rows])
                 torch.mm(act_SF[rows], w_out_EFD[e], out=out_SD[rows])
 
-    timer = timer or make_timer(dev)
     results = [measure(lambda w=w: run(*w), timer, **measure_kwargs) for w in layouts.values()]
     return min(results, key=lambda s: s.median)

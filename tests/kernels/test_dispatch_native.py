@@ -41,6 +41,20 @@ def test_swiglu_extremes_and_out():
     assert torch.allclose(got.float()[0, finite], want.to(BF16).float()[finite], rtol=2**-8, atol=1e-30)
 
 
+@pytest.mark.parametrize("n, Fh", [(0, 4), (3, 15), (7, 33), (64, 1408)])
+def test_swiglu_f32_in_place(n, Fh):
+    gen = torch.Generator().manual_seed(n + Fh)
+    h = 4 * torch.randn(n, 2 * Fh, generator=gen)
+    want = F.silu(h[:, :Fh]) * h[:, Fh:]
+    up = h[:, Fh:].clone()
+    got = dispatch_native.swiglu_f32_(h)
+    assert got.data_ptr() == h.data_ptr() and got.shape == (n, Fh)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(h[:, Fh:], up)  # the up half is left as it was
+    edge = torch.tensor([[float("-inf"), -1e4, 1e4, float("nan"), 1.0, 1.0, 1.0, 1.0]])
+    torch.testing.assert_close(dispatch_native.swiglu_f32_(edge.clone()), F.silu(edge[:, :4]), equal_nan=True)
+
+
 def test_swiglu_refuses_bad_input():
     with pytest.raises(ValueError, match="even number"):
         dispatch_native.swiglu_bf16(torch.zeros(2, 5, dtype=BF16))
