@@ -7,10 +7,15 @@ gather its tokens, run its GEMM pair, scale by the combine weights and add into 
 
 Why one expert at a time: gathering all T*K rows first and combining them last streams [T*K, D]
 buffers through memory (134 MB in fp32 at K=32), while one expert's rows, hidden activations and
-the [T, D] output stay in cache; the per-expert GEMMs are the same either way. Without autograd the
-activation runs inside the GEMMs on CPU (oneDNN post-ops, moebench.dispatch.onednn_ffn) or else in
-place on the GEMM output, as does the weight scaling (no extra buffers); with autograd the same math
-runs out of place so every saved tensor stays valid.
+the [T, D] output stay in cache; the per-expert GEMMs are the same either way. Without autograd:
+  - bf16 on CPU: each expert through moebench.dispatch.onednn_ffn (weights prepacked once; swiglu as one
+    GEMM plus a C pass, gelu/relu as GEMM post-ops where F >= 2D), then one C pass (moebench.kernels.
+    dispatch_native.combine_rows) sums each token's weighted rows in float32 and rounds once: no float32
+    [T, D] buffer, but every expert's output is kept until then (S*D bf16 values, K times the size of x);
+  - otherwise the activation runs in place on the GEMM output (float32 swiglu on CPU in one C pass) and
+    the combine widens, weights and adds each expert's rows into the float32 output (one C pass on CPU);
+  - without a C compiler, torch does each of those passes.
+With autograd the same math runs out of place so every saved tensor stays valid.
 The cost: about 8 torch ops per expert (1000 at E=128). On an idle CPU each costs microseconds; on
 a machine with more runnable threads than cores every parallel op can wait a scheduler time slice
 for its second thread, and this backend slows down far more than the padded one (a few large

@@ -33,6 +33,7 @@ from moebench.kernels import native_build
 
 SOURCE = r"""
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static inline float bf16_to_f32(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
@@ -137,11 +138,26 @@ void moe_swiglu_f32_inplace(float* h, int64_t n, int64_t F, int threads) {
     }
 }
 
-/* y[t] = sum over j in [start[t], start[t+1]) of w[s] * row s, s = by_token[j], row s at rows[s] (a pointer to
-   D values of out_is_bf16 ? bf16 : float32), summed in float32 in j order, stored in y's dtype (bf16 when
-   y_is_bf16, else float32). Threads take whole tokens, so no two write the same row. */
-void moe_combine_rows(void* y, int y_is_bf16, const int64_t* rows, int out_is_bf16, const int64_t* by_token,
-                      const int64_t* start, const float* w, int64_t T, int64_t D, int threads) {
+/* y[t] = sum over the sorted rows s of token t (in s order) of w[s] * row s, in float32, stored in y's dtype
+   (bf16 when y_is_bf16, else float32); tokens without rows get 0. Row s is row s - start_e of expert e's
+   output at address base[e], the experts holding consecutive runs of count[e] sorted rows. The index
+   (rows by token, a stable counting sort) is built serially first, O(S + T); then threads take whole
+   tokens, so no two write the same row. Tokens outside [0, T) are skipped. Returns -1 if out of memory. */
+int moe_combine_rows(void* y, int y_is_bf16, const int64_t* base, const int64_t* count, int64_t E, int out_is_bf16,
+                     const int64_t* token, const float* w, int64_t S, int64_t T, int64_t D, int threads) {
+    int64_t* start = calloc(T + 1, sizeof(int64_t));
+    int64_t* fill = malloc(T * sizeof(int64_t) + 1);
+    int64_t* by_token = malloc(S * sizeof(int64_t) + 1);
+    const char** row = malloc(S * sizeof(char*) + 1);
+    if (!start || !fill || !by_token || !row) { free(start); free(fill); free(by_token); free(row); return -1; }
+    size_t row_bytes = (size_t)D * (out_is_bf16 ? 2 : 4);
+    for (int64_t e = 0, s = 0; e < E; e++)
+        for (int64_t i = 0; i < count[e] && s < S; i++, s++) row[s] = (const char*)base[e] + i * row_bytes;
+    for (int64_t s = 0; s < S; s++)
+        if ((uint64_t)token[s] < (uint64_t)T) start[token[s] + 1]++;
+    for (int64_t t = 0; t < T; t++) { start[t + 1] += start[t]; fill[t] = start[t]; }
+    for (int64_t s = 0; s < S; s++)
+        if ((uint64_t)token[s] < (uint64_t)T) by_token[fill[token[s]]++] = s;
     #pragma omp parallel num_threads(threads)
     {
         float acc[512];
@@ -154,10 +170,10 @@ void moe_combine_rows(void* y, int y_is_bf16, const int64_t* rows, int out_is_bf
                     int64_t s = by_token[j];
                     float ws = w[s];
                     if (out_is_bf16) {
-                        const uint16_t* o = (const uint16_t*)rows[s];
+                        const uint16_t* o = (const uint16_t*)row[s];
                         for (int64_t c = c0; c < c1; c++) acc[c - c0] += ws * bf16_to_f32(o[c]);
                     } else {
-                        const float* o = (const float*)rows[s];
+                        const float* o = (const float*)row[s];
                         for (int64_t c = c0; c < c1; c++) acc[c - c0] += ws * o[c];
                     }
                 }
@@ -171,6 +187,8 @@ void moe_combine_rows(void* y, int y_is_bf16, const int64_t* rows, int out_is_bf
             }
         }
     }
+    free(start); free(fill); free(by_token); free(row);
+    return 0;
 }
 
 /* y[token[i], c] += w[i] * out[i, c]; thread b owns columns [b*D/threads, (b+1)*D/threads), rounded to 16. */
@@ -206,7 +224,7 @@ def _library() -> ctypes.CDLL | None:
         "moe_swiglu_bf16": [ptr, ptr, i64, i64, c_int],
         "moe_swiglu_f32_inplace": [ptr, i64, i64, c_int],
         "moe_combine_add": [ptr, ptr, c_int, ptr, ptr, i64, i64, c_int],
-        "moe_combine_rows": [ptr, c_int, ptr, c_int, ptr, ptr, ptr, i64, i64, c_int],
+        "moe_combine_rows": [ptr, c_int, ptr, ptr, i64, c_int, ptr, ptr, i64, i64, i64, c_int],
     })
 
 
@@ -298,21 +316,17 @@ def combine_rows(outs: list[torch.Tensor], counts: list[int], token_S: torch.Ten
             raise ValueError(f"combine_rows: an expert output is {tuple(out_nD.shape)}, expected [{n}, {D}]")
     _check("y", y_TD, (torch.bfloat16, torch.float32), 2)
     _check("weight", weight_S, (torch.float32,), 1)
-    # Address of each sorted row: its expert's base address plus its offset within that expert.
     counts_E = torch.tensor(counts, dtype=torch.int64)
     base_E = torch.tensor([o.data_ptr() for o in outs], dtype=torch.int64)
-    start_E = torch.cumsum(counts_E, 0) - counts_E
-    S = int(counts_E.sum())
-    s_S = torch.arange(S)
-    rows_S = (base_E.repeat_interleave(counts_E)
-              + (s_S - start_E.repeat_interleave(counts_E)) * (D * outs[0].element_size()))
-    token_S = token_S[:S]
-    by_token_S = torch.argsort(token_S, stable=True)
-    start_T = torch.zeros(n_tokens + 1, dtype=torch.int64)
-    torch.cumsum(torch.bincount(token_S, minlength=n_tokens), 0, out=start_T[1:])
-    _lib().moe_combine_rows(y_TD.data_ptr(), int(dtype == torch.bfloat16), rows_S.data_ptr(),
-                            int(outs[0].dtype == torch.bfloat16), by_token_S.data_ptr(), start_T.data_ptr(),
-                            weight_S.contiguous().data_ptr(), n_tokens, D, _threads(S * D))
+    S = sum(counts)
+    token_S = token_S[:S].contiguous()
+    _check("token", token_S, (torch.int64,), 1)
+    if len(token_S) < S or len(weight_S) < S:
+        raise ValueError(f"combine_rows: {S} rows but {len(token_S)} tokens and {len(weight_S)} weights")
+    if _lib().moe_combine_rows(y_TD.data_ptr(), int(dtype == torch.bfloat16), base_E.data_ptr(), counts_E.data_ptr(),
+                               len(outs), int(outs[0].dtype == torch.bfloat16), token_S.data_ptr(),
+                               weight_S.contiguous().data_ptr(), S, n_tokens, D, _threads(S * D)):
+        raise MemoryError(f"combine_rows: no memory for the index of {S} rows and {n_tokens} tokens")
     return y_TD
 
 
