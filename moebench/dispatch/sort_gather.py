@@ -74,6 +74,11 @@ def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor
                     activation: str) -> torch.Tensor:
     tracked = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x_TD, w_in_EID, w_out_EDF, routing.weight_A))
+    if not tracked and x_TD.device.type == "cpu" and dispatch_native.available():
+        with phase("dispatch"):  # one C pass (a counting sort) for the torch ops below
+            token_S, weight_S, counts = dispatch_native.sort_by_expert(
+                routing.expert_A, routing.kept_A, routing.token_A, routing.weight_A, routing.n_experts)
+        return _untracked(x_TD, token_S, weight_S[:, None], counts, w_in_EID, w_out_EDF, activation).to(x_TD.dtype)
     with phase("dispatch"):
         order_S, token_S, counts_E = kept_by_expert(routing)
         counts = counts_E.tolist()

@@ -127,6 +127,31 @@ void moe_swiglu_bf16(const uint16_t* h, uint16_t* act, int64_t n, int64_t F, int
     }
 }
 
+/* The kept assignments in expert order, stable (a counting sort; = a stable argsort of the expert ids with
+   dropped ones last): their tokens and weights, and the count per expert. Returns S, or -1 if a kept
+   assignment's expert is outside [0, E), or -2 if out of memory. */
+int64_t moe_sort_by_expert(const int64_t* expert, const uint8_t* kept, const int64_t* token, const float* weight,
+                           int64_t A, int64_t E, int64_t* token_out, float* weight_out, int64_t* count) {
+    int64_t* fill = malloc((E + 1) * sizeof(int64_t));
+    if (!fill) return -2;
+    for (int64_t e = 0; e < E; e++) count[e] = 0;
+    for (int64_t a = 0; a < A; a++) {
+        if (!kept[a]) continue;
+        if ((uint64_t)expert[a] >= (uint64_t)E) { free(fill); return -1; }
+        count[expert[a]]++;
+    }
+    int64_t S = 0;
+    for (int64_t e = 0; e < E; e++) { fill[e] = S; S += count[e]; }
+    for (int64_t a = 0; a < A; a++) {
+        if (!kept[a]) continue;
+        int64_t s = fill[expert[a]]++;
+        token_out[s] = token[a];
+        weight_out[s] = weight[a];
+    }
+    free(fill);
+    return S;
+}
+
 /* float32 h = [gate | up] rows of 2F: gate := silu(gate) * up, in place (the next GEMM reads the strided half) */
 void moe_swiglu_f32_inplace(float* h, int64_t n, int64_t F, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
@@ -220,12 +245,16 @@ SERIAL_ELEMENTS = 32768
 def _library() -> ctypes.CDLL | None:
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     # 512-bit vectors: swiglu is compute-bound (exp, a division); 20% faster than gcc's default 256 here.
-    return native_build.load("dispatch", SOURCE, extra_flags=["-mprefer-vector-width=512"], signatures={
+    lib = native_build.load("dispatch", SOURCE, extra_flags=["-mprefer-vector-width=512"], signatures={
         "moe_swiglu_bf16": [ptr, ptr, i64, i64, c_int],
         "moe_swiglu_f32_inplace": [ptr, i64, i64, c_int],
+        "moe_sort_by_expert": [ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, ptr],
         "moe_combine_add": [ptr, ptr, c_int, ptr, ptr, i64, i64, c_int],
         "moe_combine_rows": [ptr, c_int, ptr, ptr, i64, c_int, ptr, ptr, i64, i64, i64, c_int],
     })
+    if lib is not None:
+        lib.moe_sort_by_expert.restype = i64
+    return lib
 
 
 def available() -> bool:
@@ -266,6 +295,30 @@ def swiglu_bf16(h_nI: torch.Tensor, out_nF: torch.Tensor | None = None) -> torch
     if n:
         _lib().moe_swiglu_bf16(h_nI.data_ptr(), out_nF.data_ptr(), n, I // 2, _threads(out_nF.numel()))
     return out_nF
+
+
+def sort_by_expert(expert_A: torch.Tensor, kept_A: torch.Tensor, token_A: torch.Tensor, weight_A: torch.Tensor,
+                   n_experts: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(token_S, weight_S, counts): the kept assignments ordered by expert, stably (as a stable argsort
+    of the expert ids), their tokens, their float32 weights, and how many each expert got."""
+    expert_A, token_A = (t.to(torch.int64).contiguous() for t in (expert_A, token_A))
+    kept_A, weight_A = kept_A.to(torch.bool).contiguous(), weight_A.detach().float().contiguous()
+    for name, t in (("expert", expert_A), ("kept", kept_A), ("token", token_A), ("weight", weight_A)):
+        _check(name, t, (t.dtype,), 1)
+    A = len(expert_A)
+    if not len(kept_A) == len(token_A) == len(weight_A) == A:
+        raise ValueError(f"sort_by_expert: {A} experts, {len(kept_A)} kept flags, {len(token_A)} tokens and "
+                         f"{len(weight_A)} weights disagree")
+    token_S, weight_S = torch.empty(A, dtype=torch.int64), torch.empty(A)
+    counts_E = torch.empty(n_experts, dtype=torch.int64)
+    S = _lib().moe_sort_by_expert(expert_A.data_ptr(), kept_A.data_ptr(), token_A.data_ptr(), weight_A.data_ptr(),
+                                  A, n_experts, token_S.data_ptr(), weight_S.data_ptr(), counts_E.data_ptr())
+    if S == -1:
+        bad = expert_A[kept_A & ((expert_A < 0) | (expert_A >= n_experts))][:5].tolist()
+        raise ValueError(f"sort_by_expert: kept assignments name experts {bad} outside [0, {n_experts})")
+    if S < 0:
+        raise MemoryError("sort_by_expert: no memory for the counts")
+    return token_S[:S], weight_S[:S], counts_E.tolist()
 
 
 def swiglu_f32_(h_nI: torch.Tensor) -> torch.Tensor:
@@ -330,4 +383,4 @@ def combine_rows(outs: list[torch.Tensor], counts: list[int], token_S: torch.Ten
     return y_TD
 
 
-__all__ = ["DTYPES", "available", "combine_add", "combine_rows", "swiglu_bf16", "swiglu_f32_"]
+__all__ = ["DTYPES", "available", "combine_add", "combine_rows", "sort_by_expert", "swiglu_bf16", "swiglu_f32_"]

@@ -288,7 +288,8 @@ def test_forward_without_autograd_matches_loop(name, activation, dtype):
     """Backends may take in-place paths when nothing needs a gradient (no_grad, inference_mode,
     or plain tensors): those must give loop's output and leave the inputs untouched."""
     backend = get_backend(name)
-    cases = [(case, slack) for case in ("some_dropped", "expert_choice", "odd_dims", "k_equals_e")
+    cases = [(case, slack) for case in ("some_dropped", "expert_choice", "odd_dims", "k_equals_e", "idle_experts",
+                                        "all_dropped", "no_assignments")
              for slack in (None, 1)]
     for i, (case, slack) in enumerate(cases):
         gen = torch.Generator().manual_seed(10 + i)

@@ -90,6 +90,33 @@ def test_combine_add_refuses_disagreeing_shapes():
                                     torch.zeros(3))
 
 
+@pytest.mark.parametrize("A, E, p_drop", [(0, 3, 0.0), (1, 1, 0.0), (40, 5, 0.0), (300, 7, 0.3), (50, 4, 1.0)])
+def test_sort_by_expert_is_a_stable_sort_of_the_kept(A, E, p_drop):
+    """Same order as sort_gather's torch path (a stable argsort, dropped assignments excluded)."""
+    from moebench.dispatch.sort_gather import kept_by_expert
+    from moebench.routing.assignment import Routing
+
+    gen = torch.Generator().manual_seed(A + E)
+    routing = Routing(torch.randint(0, 9, (A,), generator=gen), torch.randint(0, E, (A,), generator=gen),
+                      torch.rand(A, generator=gen), torch.rand(A, generator=gen) >= p_drop, n_tokens=9, n_experts=E)
+    token_S, weight_S, counts = dispatch_native.sort_by_expert(routing.expert_A, routing.kept_A, routing.token_A,
+                                                               routing.weight_A, E)
+    order_S, want_token_S, want_counts_E = kept_by_expert(routing)
+    assert counts == want_counts_E.tolist()
+    assert torch.equal(token_S, want_token_S)
+    assert torch.equal(weight_S, routing.weight_A[order_S])
+
+
+def test_sort_by_expert_refuses_experts_out_of_range():
+    expert = torch.tensor([0, 3, 1])
+    with pytest.raises(ValueError, match=r"experts \[3\] outside \[0, 3\)"):
+        dispatch_native.sort_by_expert(expert, torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.int64),
+                                       torch.ones(3), 3)
+    kept = torch.tensor([True, False, True])  # a dropped assignment's expert is never read
+    token_S, _, counts = dispatch_native.sort_by_expert(expert, kept, torch.arange(3), torch.ones(3), 3)
+    assert counts == [1, 1, 0] and token_S.tolist() == [0, 2]
+
+
 def combine_reference(outs, counts, token_S, weight_S, T, D):
     out_SD = torch.cat([o.float() for o in outs]) if outs else torch.zeros(0, D)
     return torch.zeros(T, D).index_add_(0, token_S[:len(out_SD)], out_SD * weight_S[:len(out_SD), None])
