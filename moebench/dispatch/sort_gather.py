@@ -156,7 +156,7 @@ def _fused_native(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S: torch.Ten
     for e, rows in expert_rows(counts):
         n = rows.stop - rows.start
         with phase("dispatch"):
-            x_nD = dispatch_native.gather_rows(x_TD, token_S[rows], x_buf[:n])
+            x_nD = torch.index_select(x_TD, 0, token_S[rows], out=x_buf[:n])
         with phase("experts"):
             outs.append(onednn_ffn.fused_ffn(x_nD, fused[e], act_buf=act_buf[:n]))
     with phase("combine"):

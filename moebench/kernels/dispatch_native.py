@@ -1,9 +1,6 @@
 """The element-wise passes around sort_gather's expert GEMMs, in plain C for CPU (no autograd):
 
-    sort_by_expert(expert_A, kept_A, ...)     the kept assignments in expert order (a counting sort)
-    gather_rows(x_TD, token_n, out_nD)        out[i] = x[token[i]]                       any dtype
     swiglu_bf16(h_nI)                         act = silu(h[:, :F]) * h[:, F:]            bfloat16
-    swiglu_f32_(h_nI)                         the same, float32, in place
     combine_add(y_TD, out_nD, token_n, w_n)   y[token[i]] += w[i] * out[i]               float32 y; out bf16/fp32
     combine_rows(outs, counts, token_S, w_S)  y[t] = sum over t's sorted rows s of w[s] * row s, float32 sums,
                                               returned in bf16 or fp32 (one pass, no float32 [T, D] buffer)
@@ -11,9 +8,8 @@
 Why: with bf16 experts on AMX one expert's GEMM pair takes ~1.5 ms at the issue-5 shapes (n=512, D=512,
 F=1408, 2 threads), and torch's passes around it cost a large share of that: silu and the product ~400 us
 on [512, 1408] (two passes), the combine ~190 us (a mixed-dtype scale that widens out to float32 first,
-then index_add_), the final float32 -> bf16 copy ~200 us, and the sort by expert ~0.6 ms per call (ten
-small torch ops). Here swiglu is one pass (~200-250 us: float32 inside, AVX-512 where present, rounded
-once to bf16), the combine widens, weights and adds in one, the sort is one counting pass.
+then index_add_), the final float32 -> bf16 copy ~200 us. Here swiglu is one pass (~200 us: float32
+inside, AVX-512 where present, rounded once to bf16), and the combine widens, weights and adds in one.
 combine_add gives each thread a block of columns, so equal tokens never race; combine_rows gives each
 thread whole tokens (it sorts the rows by token first).
 Numerics: swiglu's exp is range reduction plus a degree-5 polynomial (relative error < 3e-6, bf16's
@@ -131,13 +127,6 @@ void moe_swiglu_bf16(const uint16_t* h, uint16_t* act, int64_t n, int64_t F, int
             a[j] = f32_to_bf16(g / (1.0f + exp_f32(-g)) * bf16_to_f32(up[j]));
         }
     }
-}
-
-/* out[i] = x[token[i]], rows of row_bytes: 30% faster than index_select when x has left the cache (74 against
-   50 us for 524 rows of 1 KiB, 2 threads), as it has after an expert's GEMMs. */
-void moe_gather_rows(const char* x, const int64_t* token, char* out, int64_t n, int64_t row_bytes, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; i++) memcpy(out + i * row_bytes, x + token[i] * row_bytes, (size_t)row_bytes);
 }
 
 /* The kept assignments in expert order, stable (a counting sort; = a stable argsort of the expert ids with
@@ -261,7 +250,6 @@ def _library() -> ctypes.CDLL | None:
     lib = native_build.load("dispatch", SOURCE, extra_flags=["-mprefer-vector-width=512"], signatures={
         "moe_swiglu_bf16": [ptr, ptr, i64, i64, c_int],
         "moe_swiglu_f32_inplace": [ptr, i64, i64, c_int],
-        "moe_gather_rows": [ptr, ptr, ptr, i64, i64, c_int],
         "moe_sort_by_expert": [ptr, ptr, ptr, ptr, i64, i64, ptr, ptr, ptr],
         "moe_combine_add": [ptr, ptr, c_int, ptr, ptr, i64, i64, c_int],
         "moe_combine_rows": [ptr, c_int, ptr, ptr, i64, c_int, ptr, ptr, i64, i64, i64, c_int],
@@ -309,20 +297,6 @@ def swiglu_bf16(h_nI: torch.Tensor, out_nF: torch.Tensor | None = None) -> torch
     if n:
         _lib().moe_swiglu_bf16(h_nI.data_ptr(), out_nF.data_ptr(), n, I // 2, _threads(out_nF.numel()))
     return out_nF
-
-
-def gather_rows(x_TD: torch.Tensor, token_n: torch.Tensor, out_nD: torch.Tensor) -> torch.Tensor:
-    """out[i] = x[token[i]] (index_select) for contiguous 2-d x and out of one dtype; tokens are trusted to
-    lie in [0, T) (they come from the routing)."""
-    _check("x", x_TD, (x_TD.dtype,), 2)
-    _check("token", token_n, (torch.int64,), 1)
-    _check("out", out_nD, (x_TD.dtype,), 2)
-    if out_nD.shape != (len(token_n), x_TD.shape[1]):
-        raise ValueError(f"gather_rows: out {tuple(out_nD.shape)} must be [{len(token_n)}, {x_TD.shape[1]}]")
-    if len(token_n):
-        _lib().moe_gather_rows(x_TD.data_ptr(), token_n.data_ptr(), out_nD.data_ptr(), len(token_n),
-                               x_TD.shape[1] * x_TD.element_size(), _threads(out_nD.numel()))
-    return out_nD
 
 
 def sort_by_expert(expert_A: torch.Tensor, kept_A: torch.Tensor, token_A: torch.Tensor, weight_A: torch.Tensor,
@@ -411,5 +385,4 @@ def combine_rows(outs: list[torch.Tensor], counts: list[int], token_S: torch.Ten
     return y_TD
 
 
-__all__ = ["DTYPES", "available", "combine_add", "combine_rows", "gather_rows", "sort_by_expert", "swiglu_bf16",
-           "swiglu_f32_"]
+__all__ = ["DTYPES", "available", "combine_add", "combine_rows", "sort_by_expert", "swiglu_bf16", "swiglu_f32_"]

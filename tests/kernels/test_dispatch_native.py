@@ -117,19 +117,6 @@ def test_sort_by_expert_refuses_experts_out_of_range():
     assert counts == [1, 1, 0] and token_S.tolist() == [0, 2]
 
 
-@pytest.mark.parametrize("dtype", [BF16, torch.float32, torch.float16, torch.int64])
-def test_gather_rows_is_index_select(dtype):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(-100, 100, (50, 24), generator=gen).to(dtype)
-    for n in (0, 1, 7, 200):
-        token = torch.randint(0, 50, (n,), generator=gen)
-        out = torch.empty(n, 24, dtype=dtype)
-        assert dispatch_native.gather_rows(x, token, out) is out
-        assert torch.equal(out, x[token])
-    with pytest.raises(ValueError, match=r"must be \[3, 24\]"):
-        dispatch_native.gather_rows(x, torch.zeros(3, dtype=torch.int64), torch.empty(2, 24, dtype=dtype))
-
-
 def combine_reference(outs, counts, token_S, weight_S, T, D):
     out_SD = torch.cat([o.float() for o in outs]) if outs else torch.zeros(0, D)
     return torch.zeros(T, D).index_add_(0, token_S[:len(out_SD)], out_SD * weight_S[:len(out_SD), None])
