@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from moebench.dispatch import onednn_ffn
 from moebench.dispatch.common import activate, expert_rows, ffn
 from moebench.kernels import dispatch_native
+from moebench.kernels.native_build import plain_cpu
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
@@ -59,8 +60,8 @@ def kept_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.
 def activate_inplace(h_nI: torch.Tensor, activation: str) -> torch.Tensor:
     """activate(h) computed in h's own storage (no autograd): for swiglu the result is the gate half
     of h, a strided view the next GEMM reads directly (float32 on CPU: one C pass, not two of torch's)."""
-    if activation == "swiglu" and h_nI.dtype == torch.float32 and h_nI.device.type == "cpu" \
-            and h_nI.is_contiguous() and dispatch_native.available():
+    if activation == "swiglu" and h_nI.dtype == torch.float32 and plain_cpu(h_nI) and h_nI.is_contiguous() \
+            and dispatch_native.available():
         return dispatch_native.swiglu_f32_(h_nI)
     if activation == "swiglu":
         gate_nF, up_nF = h_nI.chunk(2, dim=-1)
@@ -74,7 +75,8 @@ def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor
                     activation: str) -> torch.Tensor:
     tracked = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x_TD, w_in_EID, w_out_EDF, routing.weight_A))
-    if not tracked and x_TD.device.type == "cpu" and dispatch_native.available():
+    if not tracked and plain_cpu(x_TD, routing.expert_A, routing.kept_A, routing.token_A, routing.weight_A) \
+            and dispatch_native.available():
         with phase("dispatch"):  # one C pass (a counting sort) for the torch ops below
             token_S, weight_S, counts = dispatch_native.sort_by_expert(
                 routing.expert_A, routing.kept_A, routing.token_A, routing.weight_A, routing.n_experts)
@@ -106,10 +108,11 @@ def _untracked(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S1: torch.Tenso
     combine weight scales whichever of act [n, F] (in x's dtype, one extra rounding) or out [n, D]
     (float32) is smaller."""
     n_max, D, I = max(counts, default=0), x_TD.shape[1], w_in_EID.shape[1]
-    native = x_TD.device.type == "cpu" and x_TD.dtype in dispatch_native.DTYPES and dispatch_native.available()
+    plain = plain_cpu(x_TD, token_S, weight_S1, w_in_EID, w_out_EDF)  # C code may read them (not fake tensors)
+    native = plain and x_TD.dtype in dispatch_native.DTYPES and dispatch_native.available()
     # On CPU the activation runs inside the GEMMs where torch's oneDNN post-ops allow (onednn_ffn).
     fused = (onednn_ffn.expert_weights(w_in_EID, w_out_EDF, activation)
-             if onednn_ffn.available(x_TD, w_in_EID, w_out_EDF, activation) else None)
+             if plain and onednn_ffn.available(x_TD, w_in_EID, w_out_EDF, activation) else None)
     if fused is not None and native:
         return _fused_native(x_TD, token_S, weight_S1.view(-1), counts, fused, w_out_EDF.shape[2])
     y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)

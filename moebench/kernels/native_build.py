@@ -25,8 +25,17 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-fopenmp"]  # no -ffast-math: keep IEEE sums
 MAX_THREADS = 64  # the C sources' job arrays
+
+
+def plain_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether C code may read these tensors' memory: each an ordinary CPU tensor (or Parameter), not a
+    tensor subclass such as the fake tensors of moebench.measure.host_sync's probe (shapes, no data:
+    reading their data_ptr would crash) or a functional wrapper, and not on the meta device."""
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" for t in tensors)
 
 
 def load(name: str, source: str, signatures: dict[str, list], extra_flags: list[str] = ()) -> ctypes.CDLL | None:
@@ -53,4 +62,4 @@ def load(name: str, source: str, signatures: dict[str, list], extra_flags: list[
     return dll
 
 
-__all__ = ["FLAGS", "MAX_THREADS", "load"]
+__all__ = ["FLAGS", "MAX_THREADS", "load", "plain_cpu"]

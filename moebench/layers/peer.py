@@ -48,6 +48,7 @@ from torch import nn
 
 from moebench.dispatch.common import torch_dtype
 from moebench.kernels import peer_native
+from moebench.kernels.native_build import plain_cpu
 from moebench.kernels.peer_experts import peer_experts
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing, RoutingStats
@@ -191,13 +192,13 @@ class PEER(nn.Module):
     def _resolved_topk_impl(self, scores: torch.Tensor) -> str:
         if self.topk_impl != "auto":
             return self.topk_impl
-        native = scores.device.type == "cpu" and scores.dtype == torch.float32 and peer_native.available()
+        native = plain_cpu(scores) and scores.dtype == torch.float32 and peer_native.available()
         return "native" if native else "torch"
 
     def _resolved_experts_impl(self, x_TD: torch.Tensor) -> str:
         if self.experts_impl != "auto":
             return self.experts_impl
-        native = x_TD.device.type == "cpu" and self.u_ND.dtype == torch.float32 and peer_native.available()
+        native = plain_cpu(x_TD, self.u_ND) and self.u_ND.dtype == torch.float32 and peer_native.available()
         return "native" if native else "torch"
 
     def _retrieve_native(self, s_THPR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

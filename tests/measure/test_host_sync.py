@@ -37,3 +37,17 @@ def test_an_explicit_item_is_found():
 
     assert "_local_scalar_dense" in first_host_sync(Reads(), torch.randn(3))
     assert first_host_sync(torch.nn.Linear(3, 3), torch.randn(2, 3)) is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fake_tensors_never_reach_the_c_kernels(dtype):
+    """The probe's fake tensors have no memory: layers whose CPU paths run C code (sort_gather's passes,
+    PEER's top-k and gather-dot) must take their torch paths under it, and so report torch's sync."""
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, backend="sort_gather", dtype=dtype)
+    layer = build_layer(spec).eval()
+    layer.collect_stats = False
+    assert "bincount" in first_host_sync(layer, torch.randn(16, 32).to(getattr(torch, dtype)))
+    peer = build_layer(LayerSpec(variant="peer", d_model=24, peer_experts=16**2, peer_heads=2, peer_k=4, d_key=12,
+                                 dtype=dtype)).eval()
+    peer.collect_stats = False
+    first_host_sync(peer, torch.randn(8, 24).to(getattr(torch, dtype)))  # reaching here: no crash
