@@ -15,6 +15,7 @@ peak. Use n_bytes well above the last-level cache (L2 on GPU) to measure memory,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,21 +68,17 @@ def copy_bandwidth(n_bytes: int = 256 * 2**20, device: str = "cpu", *, timer: Ti
     return 2 * n_bytes / copy_samples(n_bytes, device, timer=timer, **measure_kwargs).median
 
 
-def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_hidden: int,
-                        dtype: str | torch.dtype = "float32", device: str = "cpu", *, timer: Timer | None = None,
-                        seed: int = 0, packed: bool = False, **measure_kwargs: Any) -> Samples:
-    """Timing samples of the GEMMs a routed FFN runs, as plain dense GEMMs of the same shapes: for each
+def expert_gemm_runs(rows_per_expert: list[int], d_model: int, d_in: int, d_hidden: int,
+                     dtype: str | torch.dtype = "float32", device: str = "cpu", *, seed: int = 0,
+                     packed: bool = False) -> dict[str, Callable[[], None]]:
+    """The GEMMs a routed FFN runs, as plain dense GEMMs of the same shapes, ready to time: for each
     expert with n rows, [n, d_model] @ [d_model, d_in] and [n, d_hidden] @ [d_hidden, d_model], back to
-    back, on contiguous operands already in place (no gather, activation or combine), into preallocated
-    outputs. Each weight is timed in both layouts torch.mm can take ([k, n] row-major, or the [n, k]
-    transposed view F.linear uses) and the faster layout's samples are returned.
-    packed=True instead times the weights reordered once into oneDNN's blocked layout (what inference
-    stacks and moebench's bf16 CPU path do; torch.ops.mkldnn, CPU only): the faster GEMMs a dense model
-    gets only by prepacking. Raises ValueError where that op is missing.
-
-    The fraction a dispatch backend reaches of this time is what its gather, activation and combine
-    cost on top of the expert GEMMs themselves; the GEMMs' own efficiency at these shapes (small n
-    per expert) is the design's, measured separately against one GEMM over all rows (gemm_samples)."""
+    back, on contiguous operands already in place (no gather, activation or combine). One zero-argument
+    callable per weight layout: "linear" (the [n, k] transposed view F.linear uses) and "row-major"
+    ([k, n]), both torch.mm into preallocated outputs; or, with packed=True, only "packed": the weights
+    reordered once into oneDNN's blocked layout (what inference stacks and moebench's bf16 CPU path do;
+    torch.ops.mkldnn, CPU only), the faster GEMMs a dense model gets only by prepacking. Raises
+    ValueError where that op is missing."""
     dt, dev = as_dtype(dtype), torch.device(device)
     if any(n < 0 for n in rows_per_expert):
         raise ValueError(f"rows_per_expert={rows_per_expert} is invalid: counts must be >= 0")
@@ -97,11 +94,7 @@ def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_h
     x_SD, act_SF = rand(S, d_model), rand(S, d_hidden)
     h_SI, out_SD = x_SD.new_empty(S, d_in), x_SD.new_empty(S, d_model)
     w_in_EID, w_out_EDF = rand(E, d_in, d_model), rand(E, d_model, d_hidden)
-    slices, start = [], 0
-    for n in rows_per_expert:
-        slices.append(slice(start, start + n))
-        start += n
-    timer = timer or make_timer(dev)
+    slices = [(e, rows) for e, rows in enumerate(_expert_slices(rows_per_expert)) if rows.stop > rows.start]
     if packed:
         def pack(w: torch.Tensor) -> torch.Tensor:
             return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), max(max(rows_per_expert, default=1), 1))
@@ -109,20 +102,41 @@ def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_h
         w_in_packed, w_out_packed = [pack(w) for w in w_in_EID], [pack(w) for w in w_out_EDF]
 
         def run_packed() -> None:  # oneDNN allocates each output (no out= variant)
-            for e, rows in enumerate(slices):
-                if rows.stop > rows.start:
-                    linear(x_SD[rows], w_in_packed[e], None, "none", [], "")
-                    linear(act_SF[rows], w_out_packed[e], None, "none", [], "")
+            for e, rows in slices:
+                linear(x_SD[rows], w_in_packed[e], None, "none", [], "")
+                linear(act_SF[rows], w_out_packed[e], None, "none", [], "")
 
-        return measure(run_packed, timer, **measure_kwargs)
-    layouts = {"linear": (w_in_EID.transpose(1, 2), w_out_EDF.transpose(1, 2)),
-               "row-major": (w_in_EID.transpose(1, 2).contiguous(), w_out_EDF.transpose(1, 2).contiguous())}
+        return {"packed": run_packed}
 
-    def run(w_in_EDI: torch.Tensor, w_out_EFD: torch.Tensor) -> None:
-        for e, rows in enumerate(slices):
-            if rows.stop > rows.start:
+    def runner(w_in_EDI: torch.Tensor, w_out_EFD: torch.Tensor) -> Callable[[], None]:
+        def run() -> None:
+            for e, rows in slices:
                 torch.mm(x_SD[rows], w_in_EDI[e], out=h_SI[rows])
                 torch.mm(act_SF[rows], w_out_EFD[e], out=out_SD[rows])
+        return run
 
-    results = [measure(lambda w=w: run(*w), timer, **measure_kwargs) for w in layouts.values()]
+    return {"linear": runner(w_in_EID.transpose(1, 2), w_out_EDF.transpose(1, 2)),
+            "row-major": runner(w_in_EID.transpose(1, 2).contiguous(), w_out_EDF.transpose(1, 2).contiguous())}
+
+
+def _expert_slices(rows_per_expert: list[int]) -> list[slice]:
+    slices, start = [], 0
+    for n in rows_per_expert:
+        slices.append(slice(start, start + n))
+        start += n
+    return slices
+
+
+def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_hidden: int,
+                        dtype: str | torch.dtype = "float32", device: str = "cpu", *, timer: Timer | None = None,
+                        seed: int = 0, packed: bool = False, **measure_kwargs: Any) -> Samples:
+    """Timing samples of expert_gemm_runs: of its faster layout (the one with the lower median), or of
+    the packed weights with packed=True.
+
+    The fraction a dispatch backend reaches of this time is what its gather, activation and combine
+    cost on top of the expert GEMMs themselves; the GEMMs' own efficiency at these shapes (small n
+    per expert) is the design's, measured separately against one GEMM over all rows (gemm_samples)."""
+    runs = expert_gemm_runs(rows_per_expert, d_model, d_in, d_hidden, dtype, device, seed=seed, packed=packed)
+    timer = timer or make_timer(torch.device(device))
+    results = [measure(run, timer, **measure_kwargs) for run in runs.values()]
     return min(results, key=lambda s: s.median)
