@@ -16,23 +16,30 @@ same input once with the block's router and times only the routed experts on tha
 
 Before timing, every output is checked equal to a float32 reference (moebench's loop on float32 copies
 of the same inputs; scaled max error within the dtype's tolerance), and the whole moebench layer
-against the whole block. Timing: forward under no_grad, moebench.measure.timers.measure (warmup,
-adaptive samples, median), torch's default thread count. Expert FLOPs count a multiply-add as 2:
-2*T*K*(D*2F + F*D) = 6*T*K*D*F. Two ceilings, both timed the same way (moebench.measure.ceilings):
+against the whole block. Timing: forward under no_grad, CpuTimer, median over rounds (at least 4, or 2
+with --quick, for 3 s, or 1 s, per timed thing), torch's default thread count. Each implementation is
+timed in alternation with the same-shapes ceilings (paired_medians: every round gives the
+implementation and each ceiling a warm-up call and 3 timed calls), so its fractions compare runs made
+in the same seconds; a drift of the machine's speed between phases of the run cannot decide them. Expert
+FLOPs count a multiply-add as 2: 2*T*K*(D*2F + F*D) = 6*T*K*D*F. The ceilings
+(moebench.measure.ceilings):
 
     of ceil    the dense-GEMM ceiling of the same shapes (issue 5's target): every expert's GEMM pair
                [n_e, D] @ [D, 2F] and [n_e, F] @ [F, D], with n_e the rows this routing gives expert
-               e, as plain GEMMs on contiguous operands (expert_gemm_samples): what the experts would
-               cost if gather, activation and combine were free. 1 - fraction = dispatch overhead.
-    of packed  the same GEMMs with weights prepacked once into oneDNN's blocked layout (expert_gemm_samples
-               packed=True), where torch has the op: faster than plain GEMMs in bf16 here (~5-10%), and
+               e, as torch.mm on contiguous operands, the faster of both weight layouts (expert_gemm_runs):
+               what the experts would cost if gather, activation and combine were free.
+               1 - fraction = dispatch overhead.
+    of packed  the same GEMMs with weights prepacked once into oneDNN's blocked layout (expert_gemm_runs
+               packed=True), where torch has the op: faster than plain GEMMs in bf16 here (10-25%), and
                what moebench's bf16 path itself runs, so its fraction of this is the stricter measure of
                the dispatch's own cost. Informational: the target is held to "of ceil".
     of 1-GEMM  a dense FFN's two GEMMs over all T*K rows at once ([TK, D] @ [D, 2F], [TK, F] @ [F, D]):
                adds the cost of splitting the rows into E smaller GEMMs, which is the design's (on
                AMX bf16 a 512-row GEMM runs at ~60% of a 4096-row one here), not the dispatch's.
+               Timed once per case, on its own (informational).
 
-Printed per case: ms, GFLOP/s, both fractions; then best moebench / best transformers.
+Printed per case: ms, GFLOP/s, the three fractions; then best moebench / best transformers. The case
+header's same-shapes ceilings are the medians over its rows' paired measurements.
 Axis legend: T tokens, D model dim, F expert hidden dim, E experts, K experts per token, G granularity.
 """
 
@@ -41,7 +48,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -49,8 +59,8 @@ import torch
 from moebench.dispatch import BACKENDS
 from moebench.dispatch.loop import run_loop
 from moebench.interop.hf import from_hf_block
-from moebench.measure.ceilings import expert_gemm_samples, gemm_samples
-from moebench.measure.timers import CpuTimer, measure
+from moebench.measure.ceilings import expert_gemm_runs, gemm_samples
+from moebench.measure.timers import CpuTimer
 from moebench.routing.assignment import Routing
 from moebench.spec import LayerSpec
 
@@ -104,12 +114,6 @@ def scaled_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
 
 
-def timed(fn, quick: bool) -> float:
-    budget = 1.0 if quick else 3.0
-    samples = measure(fn, CpuTimer(), warmup=2, min_samples=6 if quick else 10, budget_s=budget)
-    return samples.median
-
-
 def timing_budget(quick: bool) -> dict:
     return dict(warmup=2, min_samples=6 if quick else 10, budget_s=1.0 if quick else 3.0)
 
@@ -121,18 +125,37 @@ def one_gemm_seconds(G: int, dtype: torch.dtype, quick: bool) -> float:
     return gemm_samples(M, 2 * Fh, D, dtype, **kw).median + gemm_samples(M, D, Fh, dtype, **kw).median
 
 
-def same_shapes_seconds(G: int, dtype: torch.dtype, rows_per_expert: list[int], quick: bool,
-                        packed: bool = False) -> float | None:
-    """Time of every expert's GEMM pair at the row counts this routing gives it, as plain GEMMs
-    (packed: with oneDNN-prepacked weights; None where torch lacks that op)."""
+def same_shapes_runs(G: int, dtype: torch.dtype, rows_per_expert: list[int]) -> dict[str, Callable[[], None]]:
+    """Every expert's GEMM pair at the row counts this routing gives it, as plain GEMMs in both weight
+    layouts, and with oneDNN-prepacked weights where torch has that op (expert_gemm_runs)."""
     Fh = F_BASE // G
+    runs = expert_gemm_runs(rows_per_expert, D, 2 * Fh, Fh, dtype)
     try:
-        return expert_gemm_samples(rows_per_expert, D, 2 * Fh, Fh, dtype, packed=packed,
-                                   **timing_budget(quick)).median
+        runs.update(expert_gemm_runs(rows_per_expert, D, 2 * Fh, Fh, dtype, packed=True))
     except ValueError:
-        if packed:
-            return None
-        raise
+        pass  # no oneDNN ops: no prepacked ceiling
+    return runs
+
+
+def paired_medians(fns: list[Callable[[], object]], quick: bool, block: int = 3) -> list[float]:
+    """Median seconds of each fn, timed in alternation: every round gives each fn a turn of one untimed
+    call then `block` timed calls, starting from a different fn each round, so a change in the machine's
+    speed during the measurement (other load, clock) falls on all of them alike. Timing an
+    implementation and its ceiling minutes apart let such drift decide a fraction (the same code
+    measured 80% and 109% of its ceiling in successive runs); timing them call for call instead makes
+    each evict the other's weights from cache (it cost moebench's bf16 path 15%, the plain GEMMs ~5%).
+    The untimed call restores each fn's own steady state, as in a run of it alone."""
+    timer = CpuTimer()
+    budget_s = (1.0 if quick else 3.0) * len(fns)
+    min_rounds, max_rounds = (2, 60) if quick else (4, 120)
+    samples: list[list[float]] = [[] for _ in fns]
+    start, rounds = time.perf_counter(), 0
+    while rounds < min_rounds or (time.perf_counter() - start < budget_s and rounds < max_rounds):
+        for i in [*range(rounds % len(fns), len(fns)), *range(rounds % len(fns))]:
+            fns[i]()
+            samples[i].extend(timer.time(fns[i]) for _ in range(block))
+        rounds += 1
+    return [statistics.median(s) for s in samples]
 
 
 def run_case(G: int, dtype: torch.dtype, backends: list[str], quick: bool) -> dict:
@@ -163,7 +186,7 @@ def run_case(G: int, dtype: torch.dtype, backends: list[str], quick: bool) -> di
             experts.config._experts_implementation = impl
             err = scaled_error(experts(x_TD, idx_TK, w_TK), want)
             assert err <= HF_TOLERANCE[dtype], f"transformers {impl}: error {err:.2g} (G={G}, {dtype})"
-            rows[f"hf:{impl}"] = {"seconds": timed(partial(experts, x_TD, idx_TK, w_TK), quick), "err": err}
+            rows[f"hf:{impl}"] = {"fn": partial(experts, x_TD, idx_TK, w_TK), "err": err}
         for name in backends:
             layer = from_hf_block(block, backend=name).eval()
             layer.collect_stats = False
@@ -171,19 +194,30 @@ def run_case(G: int, dtype: torch.dtype, backends: list[str], quick: bool) -> di
             assert err <= HF_TOLERANCE[dtype], f"moebench layer ({name}) vs the block: {err:.2g} (G={G}, {dtype})"
             err = scaled_error(layer.experts(x_TD, routing), want)
             assert err <= tol, f"moebench {name}: error {err:.2g} (G={G}, {dtype})"
-            rows[f"moebench:{name}"] = {"seconds": timed(partial(layer.experts, x_TD, routing), quick), "err": err}
-            del layer
-    flops = expert_flops(G)
-    rows_per_expert = torch.bincount(idx_TK.reshape(-1), minlength=E_BASE * G).tolist()
-    ceiling_s = same_shapes_seconds(G, dtype, rows_per_expert, quick)
-    packed_s = same_shapes_seconds(G, dtype, rows_per_expert, quick, packed=True)
+            rows[f"moebench:{name}"] = {"fn": partial(layer.experts, x_TD, routing), "err": err}
+        # Each implementation is timed in alternation with the same-shapes ceilings (paired_medians).
+        flops = expert_flops(G)
+        rows_per_expert = torch.bincount(idx_TK.reshape(-1), minlength=E_BASE * G).tolist()
+        ceilings = same_shapes_runs(G, dtype, rows_per_expert)
+        for row in rows.values():
+            if "fn" not in row:
+                continue
+            seconds, *ceiling_s = paired_medians([row.pop("fn"), *ceilings.values()], quick)
+            by_layout = dict(zip(ceilings, ceiling_s, strict=True))
+            row["seconds"] = seconds
+            row["ceiling_seconds"] = min(by_layout["linear"], by_layout["row-major"])
+            row["packed_seconds"] = by_layout.get("packed")
     one_gemm_s = one_gemm_seconds(G, dtype, quick)
-    for row in rows.values():
-        if "seconds" in row:
-            row["gflops"] = flops / row["seconds"] / 1e9
-            row["frac_ceiling"] = ceiling_s / row["seconds"]
-            row["frac_packed"] = packed_s / row["seconds"] if packed_s else None
-            row["frac_one_gemm"] = one_gemm_s / row["seconds"]
+    timed_rows = [row for row in rows.values() if "seconds" in row]
+    for row in timed_rows:
+        row["gflops"] = flops / row["seconds"] / 1e9
+        row["frac_ceiling"] = row["ceiling_seconds"] / row["seconds"]
+        row["frac_packed"] = row["packed_seconds"] / row["seconds"] if row["packed_seconds"] else None
+        row["frac_one_gemm"] = one_gemm_s / row["seconds"]
+    # The case's ceilings: the median over the rows' paired measurements.
+    ceiling_s = statistics.median(row["ceiling_seconds"] for row in timed_rows)
+    packed_s = statistics.median(row["packed_seconds"] for row in timed_rows) if timed_rows[0]["packed_seconds"] \
+        else None
     return {"G": G, "dtype": str(dtype).removeprefix("torch."), "T": T, "D": D, "E": E_BASE * G, "K": K,
             "F": F_BASE // G, "flops": flops, "rows_per_expert": rows_per_expert,
             "ceiling_gflops": flops / ceiling_s / 1e9, "packed_gflops": flops / packed_s / 1e9 if packed_s else None,
