@@ -55,7 +55,7 @@ from moebench.routing.assignment import Routing, RoutingStats
 from moebench.spec import LayerSpec
 
 TOPK_IMPLS = ("auto", "torch", "native")
-SCORE_BLOCK_BYTES = 4 * 2**20  # retrieve_in_blocks: one head's sub-key scores held at once (512 tokens at R = 1024)
+SCORE_BLOCK_BYTES = 8 * 2**20  # retrieve_in_blocks: one head's sub-key scores held at once (1024 tokens at R = 1024)
 
 
 @functools.cache
@@ -148,7 +148,9 @@ class PEER(nn.Module):
         SCORE_BLOCK_BYTES of its scores at a time: the whole [T, H, 2, R] (64 MiB at T = 1024) is never
         allocated, which on CPU means freshly page-faulted memory on every forward, and each block is
         still in cache when the top-k reads it. Per head (4 MiB: 512 tokens at R = 1024) measured 33 ms
-        against 37 ms for all heads of 256 tokens at once (16 MiB), with the same GEMM sizes or larger."""
+        against 37 ms for all heads of 256 tokens at once (16 MiB), with the same GEMM sizes or larger;
+        8 MiB (1024 tokens, larger GEMMs) then gave whole forwards 3% faster than 4 MiB (95.5 / 102.2 ms
+        against 98.5 / 105.1 ms in two A/B runs at the issue-5 config, 2 threads)."""
         T, H, P, _ = q_THPQ.shape
         K, R = self.spec.peer_k, self.spec.peer_n_keys
         block = max(1, min(T, SCORE_BLOCK_BYTES // (P * R * 4)))
