@@ -13,7 +13,8 @@ The floor is what the hardware allows for the two unavoidable costs, both measur
                      ([T*H*2, Q] @ [Q, R], as if all query halves shared keys)
     expert weights:  T*H*k rows of u and of v, 2*D*itemsize bytes per retrieval, at the measured
                      memory-copy bandwidth (copy of that many bytes)
-"of floor" = floor / time: 1.0 would be the floor itself, 0.5 is "within 2x".
+"of floor" = floor / time: 1.0 would be the floor itself, 0.5 is "within 2x". The full run ends with
+issue 5's two targets for the fastest moebench row, checked on unrounded times.
 
 Huge pages: the u and v tables (2 GiB each, one copy that both implementations read) are moved onto
 2 MiB transparent huge pages before timing (Linux madvise MADV_HUGEPAGE + MADV_COLLAPSE, ~5 s per
@@ -137,6 +138,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'implementation':<34}{'median ms':>11}{'vs PEER-pytorch':>17}{'of floor':>10}")
     for name, t in times.items():
         print(f"{name:<34}{t * 1e3:>11.1f}{base / t:>16.2f}x{floor / t:>10.2f}")
+    if not a.quick:
+        for line in targets(times, floor):
+            print(line)
+
+
+def targets(times: dict[str, float], floor: float) -> list[str]:
+    """Issue 5's point 3 for moebench's fastest row, from unrounded times: >= 3x PEER-pytorch, and within
+    2x of the floor (floor / time >= 0.5)."""
+    best = min((name for name in times if name.startswith("moebench")), key=times.get)
+    ratio, of_floor = times["PEER-pytorch"] / times[best], floor / times[best]
+    return ["== targets (issue 5), " + best,
+            f"   >= 3x PEER-pytorch: {ratio:.3f}x {'ok' if ratio >= 3 else 'MISSED'}",
+            f"   within 2x of the floor (of floor >= 0.5): {of_floor:.3f} {'ok' if of_floor >= 0.5 else 'MISSED'}"]
 
 
 if __name__ == "__main__":

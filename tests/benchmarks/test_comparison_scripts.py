@@ -1,5 +1,5 @@
-"""benchmarks/vs_transformers.py: its paired timing and its argument errors (the comparison itself needs
-transformers and minutes: it is run by hand, see the README's Speed section)."""
+"""benchmarks/vs_transformers.py and vs_peer_pytorch.py: paired timing, argument errors, target checks (the
+comparisons themselves need the [hf] extra and minutes: they are run by hand, see the README's Speed section)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,13 @@ def test_paired_medians_tracks_which_fn_is_slower():
 def test_bad_arguments_exit_2_with_one_message(argv, message, capsys):
     assert vs_transformers.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_vs_peer_pytorch_targets_use_unrounded_times():
+    vs_peer = pytest.importorskip("vs_peer_pytorch")
+    times = {"PEER-pytorch": 0.300, "moebench[torch]": 0.2, "moebench[native]": 0.1001}
+    lines = vs_peer.targets(times, floor=0.05)
+    assert "moebench[native]" in lines[0]
+    assert lines[1].endswith("2.997x MISSED")  # 3.00 when rounded to two places
+    assert lines[2].endswith("0.500 MISSED")  # 0.05 / 0.1001 = 0.4995
+    assert vs_peer.targets({"PEER-pytorch": 0.3, "moebench[native]": 0.09}, floor=0.05)[2].endswith("ok")
