@@ -153,8 +153,8 @@ def _fused_native(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S: torch.Ten
     """The fused CPU path: each expert's packed GEMMs (and the C swiglu pass) into an output of its own,
     then one C pass sums every token's weighted rows in float32 and rounds once to x's dtype (no
     float32 [T, D] buffer, no per-expert combine)."""
-    x_buf = x_TD.new_empty(max(counts), x_TD.shape[1])
-    act_buf = x_TD.new_empty(max(counts), F)
+    n_max = max(counts, default=0)
+    x_buf, act_buf = x_TD.new_empty(n_max, x_TD.shape[1]), x_TD.new_empty(n_max, F)
     outs = []
     for e, rows in expert_rows(counts):
         n = rows.stop - rows.start
