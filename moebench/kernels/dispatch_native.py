@@ -282,8 +282,8 @@ def _threads(elements: int) -> int:
 
 
 def _check(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...], ndim: int) -> None:
-    if t.device.type != "cpu" or t.dtype not in dtypes or t.dim() != ndim or not t.is_contiguous():
-        raise ValueError(f"dispatch_native: {name} must be a contiguous {ndim}-d CPU tensor of "
+    if not native_build.plain_cpu(t) or t.dtype not in dtypes or t.dim() != ndim or not t.is_contiguous():
+        raise ValueError(f"dispatch_native: {name} must be a contiguous {ndim}-d CPU tensor (not a subclass) of "
                          f"{' or '.join(str(d) for d in dtypes)}, got {t.dtype} {tuple(t.shape)} on {t.device}"
                          f"{'' if t.is_contiguous() else ' (not contiguous)'}")
 

@@ -209,7 +209,7 @@ def _threads(work: int) -> int:
 
 def _check(*tensors: torch.Tensor, dtype: torch.dtype) -> None:
     for t in tensors:
-        if t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype:
+        if not native_build.plain_cpu(t) or not t.is_contiguous() or t.dtype != dtype:
             raise ValueError(f"peer_native needs contiguous CPU {dtype} tensors, got {t.dtype} on {t.device}"
                              f"{'' if t.is_contiguous() else ' (not contiguous)'}")
 

@@ -55,6 +55,15 @@ def test_swiglu_f32_in_place(n, Fh):
     torch.testing.assert_close(dispatch_native.swiglu_f32_(edge.clone()), F.silu(edge[:, :4]), equal_nan=True)
 
 
+def test_fake_tensors_are_refused_not_read():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        h = mode.from_tensor(torch.zeros(2, 4, dtype=BF16))
+        with pytest.raises(ValueError, match="not a subclass"):
+            dispatch_native.swiglu_bf16(h)
+
+
 def test_swiglu_refuses_bad_input():
     with pytest.raises(ValueError, match="even number"):
         dispatch_native.swiglu_bf16(torch.zeros(2, 5, dtype=BF16))
