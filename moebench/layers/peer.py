@@ -45,6 +45,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from moebench.dispatch.common import torch_dtype
 from moebench.kernels import peer_native
@@ -65,8 +66,10 @@ def candidate_pairs(K: int, device: torch.device) -> tuple[torch.Tensor, torch.T
     Pair (i, j) is matched or beaten by every (i', j') with i' <= i, j' <= j: (i+1)(j+1) sums. So it can
     be in the top K only if (i+1)(j+1) <= K: C = sum_i floor(K / i) pairs (50 for K = 16, not 256)."""
     pairs = [(i, j) for i in range(K) for j in range(K) if (i + 1) * (j + 1) <= K]
-    # Cached across calls: made outside inference mode, or a later training step could not save it.
-    with torch.inference_mode(False):
+    # Cached across calls: made outside inference mode, or a later training step could not save it, and
+    # outside any fake-tensor mode (moebench.measure.host_sync's probe), or the cache would hand later
+    # real forwards fake tensors, which have no memory for the C top-k to read.
+    with torch.inference_mode(False), unset_fake_temporarily():
         i_C, j_C = torch.tensor(pairs, dtype=torch.long, device=device).T
     return i_C, j_C
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from moebench import LayerSpec, build_layer
+from moebench.kernels.native_build import plain_cpu
+from moebench.layers.peer import candidate_pairs
 from moebench.measure.host_sync import first_host_sync
 
 
@@ -51,3 +53,6 @@ def test_fake_tensors_never_reach_the_c_kernels(dtype):
                                  dtype=dtype)).eval()
     peer.collect_stats = False
     first_host_sync(peer, torch.randn(8, 24).to(getattr(torch, dtype)))  # reaching here: no crash
+    # and nothing the probe made stays cached: the candidate pairs a later real forward reads are real
+    assert plain_cpu(*candidate_pairs(4, torch.device("cpu")))
+    peer(torch.randn(8, 24).to(getattr(torch, dtype)))
