@@ -142,7 +142,7 @@ class PEER(nn.Module):
             src, version, keys_GPQR = cache
             if src.data_ptr() == keys.data_ptr() and src.shape == keys.shape and keys._version == version:
                 return keys_GPQR
-        with torch.no_grad():
+        with torch.no_grad(), unset_fake_temporarily():  # a real copy even under the host-sync probe
             self._keys_cache = (keys.detach(), keys._version, keys.float().transpose(-1, -2).contiguous())
         return self._keys_cache[2]
 

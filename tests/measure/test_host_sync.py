@@ -55,4 +55,5 @@ def test_fake_tensors_never_reach_the_c_kernels(dtype):
     first_host_sync(peer, torch.randn(8, 24).to(getattr(torch, dtype)))  # reaching here: no crash
     # and nothing the probe made stays cached: the candidate pairs a later real forward reads are real
     assert plain_cpu(*candidate_pairs(4, torch.device("cpu")))
+    assert peer._keys_cache is None or plain_cpu(*(t for t in peer._keys_cache if isinstance(t, torch.Tensor)))
     peer(torch.randn(8, 24).to(getattr(torch, dtype)))
