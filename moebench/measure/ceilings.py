@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from moebench.dispatch.common import expert_rows
 from moebench.measure.timers import Samples, Timer, make_timer, measure
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -94,7 +95,7 @@ def expert_gemm_runs(rows_per_expert: list[int], d_model: int, d_in: int, d_hidd
     x_SD, act_SF = rand(S, d_model), rand(S, d_hidden)
     h_SI, out_SD = x_SD.new_empty(S, d_in), x_SD.new_empty(S, d_model)
     w_in_EID, w_out_EDF = rand(E, d_in, d_model), rand(E, d_model, d_hidden)
-    slices = [(e, rows) for e, rows in enumerate(_expert_slices(rows_per_expert)) if rows.stop > rows.start]
+    slices = list(expert_rows(rows_per_expert))
     if packed:
         def pack(w: torch.Tensor) -> torch.Tensor:
             return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), max(max(rows_per_expert, default=1), 1))
@@ -117,14 +118,6 @@ def expert_gemm_runs(rows_per_expert: list[int], d_model: int, d_in: int, d_hidd
 
     return {"linear": runner(w_in_EID.transpose(1, 2), w_out_EDF.transpose(1, 2)),
             "row-major": runner(w_in_EID.transpose(1, 2).contiguous(), w_out_EDF.transpose(1, 2).contiguous())}
-
-
-def _expert_slices(rows_per_expert: list[int]) -> list[slice]:
-    slices, start = [], 0
-    for n in rows_per_expert:
-        slices.append(slice(start, start + n))
-        start += n
-    return slices
 
 
 def expert_gemm_samples(rows_per_expert: list[int], d_model: int, d_in: int, d_hidden: int,
