@@ -89,7 +89,7 @@ def positive(kind: type):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text} is invalid: must be > 0")
         return value
