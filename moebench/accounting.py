@@ -151,7 +151,7 @@ def layer_bytes(spec: LayerSpec, n_tokens: int, dtype: str | None = None) -> dic
       shared_weights / shared_io  as one FFN of width S*F_s over all T tokens, plus reading y to add it.
     PEER: query (weights, x in, q out float32), keys, subkey_scores ([T,H,2,n_keys] float32 out),
       candidate_topk (reads scores; brute also writes and reads [T,H,N]), expert_weights
-      T*H*k*2*D*b (u and v rows gathered per token, no reuse assumed: the memory floor of REFERENCE.md),
+      T*H*k*2*D*b (u and v rows gathered per token, no reuse assumed: the memory floor in docs/formulas.md#peer),
       expert_io (the gathered copies written and read again, x in, y out).
     """
     T = n_tokens
@@ -222,8 +222,8 @@ def capacity_report(spec: LayerSpec, n_tokens: int) -> dict[str, float | int | s
     """Capacity per expert and the drops uniform routing predicts (moebench.routing.capacity).
 
     Token choice and friends: C = ceil(CF*T*K/E) floored at min_capacity; expected dropped fraction of
-    the T*K assignments under uniform routing (learned routers drop more: REFERENCE.md). GShard's random
-    second-expert policy and group-limited routing are ignored by this approximation.
+    the T*K assignments under uniform routing (trained routers drop more: docs/formulas.md#capacity-and-drops).
+    GShard's random second-expert policy and group-limited routing are ignored by this approximation.
     Expert choice: C = ceil(c*T/E) tokens per expert, nothing dropped; if each expert's picks were
     uniform and independent, a token is left with no expert with probability (1 - C/T)^E.
     Dropless, dense and PEER: capacity None, nothing dropped.

@@ -27,7 +27,7 @@ from moebench.measure.timers import make_timer, measure
 from moebench.routing.distributions import describe, forcing_logits, make_distribution
 from moebench.suite import Case
 
-# Phases that are routing overhead rather than expert compute (DESIGN.md: routing_frac).
+# Phases that are routing overhead rather than expert compute (routing_frac: docs/results.md#metric-contract).
 ROUTING_PHASES = ("router", "dispatch", "combine", "query", "subkey_scores", "candidate_topk")
 
 
@@ -255,7 +255,7 @@ def _ceiling_metrics(spec, device: str, metrics: dict, n_tokens: int, training: 
            # time to move the predicted bytes once at copy bandwidth: the memory roofline
            "bandwidth_floor_s": sum(bytes_moved.values()) / bandwidth}
     if spec.variant == "peer":
-        # PEER is memory-bound: its floor is the expert rows it must read (REFERENCE.md)
+        # PEER is memory-bound: its floor is the expert rows it must read (docs/formulas.md#peer)
         floor_s = bytes_moved["expert_weights"] / bandwidth
         out.update(floor_s=floor_s, frac_of_ceiling=floor_s / metrics["latency_s"])
         return out

@@ -1,6 +1,6 @@
 """The click command line. It parses, calls plain functions that return data, and prints.
 
-Exit codes (DESIGN.md): 0 ok, 1 regression found or a case failed, 2 bad input, 3 environment problem.
+Exit codes (docs/architecture.md#exit-codes): 0 ok, 1 a case failed or a regression, 2 bad input, 3 environment problem.
 """
 
 from __future__ import annotations

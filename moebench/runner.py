@@ -120,7 +120,7 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
     writer.append({"type": "run", "run_id": run_id, "suite": suite.name, "suite_digest": suite.digest,
                    "kind": suite.kind, "started": _now(), "resumed": bool(done),
                    "options": {"device": options.device, "threads": threads, "filters": list(options.filters)},
-                   # single-process today; expert-parallel runs (DESIGN.md) will write one file per rank
+                   # single-process today: one file, written by rank 0 of 1 (docs/results.md#the-run-record)
                    "rank": 0, "world_size": 1,
                    "environment": capture_environment(options.device, threads)})
     progress = Progress(len(todo), enabled=options.show_progress)

@@ -1,6 +1,6 @@
 """LayerSpec: the frozen, validated description of one MoE layer.
 
-Vocabulary (DESIGN.md): D model dim, F expert hidden dim, E routed experts, K experts per token,
+Vocabulary (docs/architecture.md#vocabulary): D model dim, F expert hidden dim, E routed experts, K experts per token,
 S shared experts, G granularity, CF capacity factor, N PEER experts (= n_keys**2), H PEER heads.
 
 A spec is validated once, at construction: every invalid value raises ValueError naming the field

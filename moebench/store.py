@@ -4,7 +4,7 @@ One run = one JSONL file. Its first line is the run record (conditions: environm
 following line is one case record, appended and fsync'ed the moment that case finishes, so a kill at
 any moment loses at most the case in flight. A line cut short by a kill is ignored on reading.
 
-Metric names are a contract (README "Results"): tokens_per_s, latency_s, peak_bytes, flops,
+Metric names are a contract (docs/results.md#metric-contract): tokens_per_s, latency_s, peak_bytes, flops,
 frac_of_ceiling, drop_rate, tokens_dropped_frac, load_max_over_mean, load_cv, dead_experts,
 routing_frac, ... Renaming one is a schema change: bump SCHEMA_VERSION.
 """

@@ -1,5 +1,5 @@
 """moebench.accounting against built layers (parameter counts, torch's FLOP counter), hand-derived
-values and the published numbers of REFERENCE.md."""
+values and the published numbers of docs/formulas.md."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_granularity_keeps_expert_params_and_grows_the_router():
 
 @pytest.mark.parametrize("G, share", [(8, 0.206), (16, 0.341)])
 def test_krajewski_router_share_reference(G, share):
-    """REFERENCE.md: D=384, E=64, c_f=6, c_r=14: G=8 -> 20.6%, G=16 -> 34.1%."""
+    """docs/formulas.md#granularity: D=384, E=64, c_f=6, c_r=14: G=8 -> 20.6%, G=16 -> 34.1%."""
     assert acc.krajewski_router_share(384, 64, G) == pytest.approx(share, abs=5e-4)
     assert acc.krajewski_router_share(384, 64, G) == 64 * G * 14 / (12 * 384 * 6 + 64 * G * 14)
 
@@ -171,7 +171,7 @@ def test_dispatch_moves_k_copies_of_x_each_way():
 
 
 def test_peer_gathers_h_k_2d_weights_per_token():
-    """REFERENCE.md: per token PEER reads H*k*2*D expert weights."""
+    """docs/formulas.md#peer: per token PEER reads H*k*2*D expert weights."""
     spec = LayerSpec(variant="peer", d_model=256, activation="gelu", dtype="bfloat16")  # N = 1024^2, H=8, k=16
     assert acc.layer_bytes(spec, 10)["expert_weights"] == 10 * 8 * 16 * 2 * 256 * 2
 
@@ -191,7 +191,7 @@ def test_capacity_report_uses_routing_capacity():
     r = acc.capacity_report(spec, 4096)
     assert r["capacity"] == expert_capacity(1.0, 4096, 64, 1) == 64
     assert r["expected_drop_fraction"] == expected_drop_fraction_uniform(4096, 64, 1, 1.0)
-    assert r["expected_drop_fraction"] == pytest.approx(0.049, abs=0.001)  # REFERENCE.md: about 4.9%
+    assert r["expected_drop_fraction"] == pytest.approx(0.049, abs=0.001)  # docs/formulas.md#capacity-and-drops
     assert r["computed_assignments"] == pytest.approx(4096 * (1 - r["expected_drop_fraction"]))
     assert acc.capacity_report(LayerSpec(), 100)["capacity"] is None
     ec = acc.capacity_report(SPECS["expert_choice"], 8)

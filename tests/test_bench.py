@@ -34,7 +34,7 @@ def test_run_case_reports_every_contract_metric():
 
 
 def test_forced_uniform_routing_drops_what_the_binomial_predicts():
-    """T=4096, E=64, K=1, CF=1 (REFERENCE.md: about 4.9%), through the real router + capacity."""
+    """T=4096, E=64, K=1, CF=1 (docs/formulas.md#capacity-and-drops: about 4.9%), through the real router + capacity."""
     T, E, K = 4096, 64, 1
     spec = LayerSpec(d_model=16, d_ff=16, n_experts=E, top_k=K, capacity_factor=1.0, backend="padded")
     layer = build_layer(spec).eval()

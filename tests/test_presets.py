@@ -1,4 +1,4 @@
-"""Model presets: published total / active parameters (REFERENCE.md), hand-derived per-layer counts.
+"""Model presets: published sizes (docs/formulas.md#published-model-sizes), hand-derived per-layer counts.
 
 Tolerances reached (ours vs published; published figures are rounded to their last digit):
 totals all within 1% (largest: Jamba -0.83%, Qwen2-57B +0.72%). Active counts, each under the embedding

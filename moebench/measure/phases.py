@@ -11,7 +11,7 @@ Nesting: a phase inside another is timed inclusively. `totals` holds every name 
 counted twice. The recorder lives in a contextvar, so phases run in other threads are not recorded.
 
 The syncs add overhead the un-instrumented run does not have; `phase_breakdown` measures both so the
-report can state how well the phases add up (DESIGN.md: within a stated margin).
+report can state how well the phases add up (phase_sum_over_total, docs/results.md#metric-contract).
 """
 
 from __future__ import annotations

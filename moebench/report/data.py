@@ -121,7 +121,7 @@ def _values(df: pd.DataFrame, col: str) -> str:
 
 
 def conditions(df: pd.DataFrame, runs: list[Run]) -> list[str]:
-    """One line per run present in df, every field read from the records (STYLE.md: every number
+    """One line per run present in df, every field read from the records (so that every number
     carries its conditions): device, dtype, threads, tokens, timer, torch, CPU/GPU, git sha."""
     lines = []
     for run in runs:

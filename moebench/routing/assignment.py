@@ -77,7 +77,7 @@ class RoutingStats:
         )
 
     def summary(self) -> dict[str, float]:
-        """Plain numbers: the metric names of DESIGN.md / the results schema."""
+        """Plain numbers, under the metric names of the results schema (docs/results.md#metric-contract)."""
         load = self.kept_load_E.double()
         mean = load.mean().item() if load.numel() else 0.0
         out = {

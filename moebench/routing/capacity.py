@@ -1,7 +1,7 @@
 """Expert capacity, the drop policies that enforce it, and the drop rate uniform routing predicts.
 
-Capacity per expert C = ceil(CF * T * K / E) (DESIGN.md), floored at min_capacity. Other codebases
-use other rules (REFERENCE.md: Mesh-TF, DeepSpeed); results record which rule and C were used.
+Capacity per expert C = ceil(CF * T * K / E), floored at min_capacity. Other codebases
+use other rules (Mesh-TF, DeepSpeed: docs/formulas.md#capacity-and-drops); results record which C was used.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def expected_drop_fraction_uniform(n_tokens: int, n_experts: int, top_k: int, ca
     """Expected fraction of assignments dropped when each token picks K distinct experts uniformly.
 
     Each expert's load X ~ Binomial(T, K/E); E[dropped] = E * E[max(0, X - C)]; divide by K*T.
-    Computed exactly in log space (REFERENCE.md, Capacity and drops).
+    Computed exactly in log space (docs/formulas.md#capacity-and-drops).
     """
     T, E, K = n_tokens, n_experts, top_k
     C = expert_capacity(capacity_factor, T, E, K, min_capacity)
@@ -110,6 +110,6 @@ def expected_drop_fraction_uniform(n_tokens: int, n_experts: int, top_k: int, ca
 
 
 def drop_fraction_cf1_approximation(n_tokens: int, n_experts: int, top_k: int) -> float:
-    """Normal approximation at CF = 1: sqrt((1 - K/E) / (2*pi*K*T/E)) (REFERENCE.md)."""
+    """Normal approximation at CF = 1: sqrt((1 - K/E) / (2*pi*K*T/E)) (docs/formulas.md#capacity-and-drops)."""
     mean = top_k * n_tokens / n_experts
     return math.sqrt((1 - top_k / n_experts) / (2 * math.pi * mean))

@@ -1,4 +1,4 @@
-"""Auxiliary router losses (REFERENCE.md, Routers). Each returns a scalar tensor with gradient.
+"""Auxiliary router losses (docs/formulas.md#auxiliary-losses). Each returns a scalar tensor with gradient.
 
 Axis legend: T tokens, E experts, K experts per token.
 """

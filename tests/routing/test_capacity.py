@@ -108,7 +108,7 @@ def test_invalid_policy_names_the_allowed_values():
 
 
 def test_uniform_drop_fraction_reference_value():
-    # REFERENCE.md: T=4096, E=64, K=1, CF=1: about 4.9% by the normal approximation.
+    # docs/formulas.md#capacity-and-drops: T=4096, E=64, K=1, CF=1: about 4.9% by the normal approximation.
     approx = drop_fraction_cf1_approximation(4096, 64, 1)
     exact = expected_drop_fraction_uniform(4096, 64, 1, 1.0)
     assert approx == pytest.approx(0.0495, abs=5e-4)
