@@ -127,3 +127,37 @@ def test_architecture_names_every_module_of_the_package():
     modules = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if p.name != "__init__.py"]
     unnamed = [m for m in sorted(modules) if not any(fnmatch.fnmatch(m, pattern) for pattern in named)]
     assert not unnamed, f"modules missing from docs/architecture.md: {unnamed}"
+
+
+def documented_names(page: str) -> set[str]:
+    return set(re.findall(r"`([\w<>]+)`", (DOCS / page).read_text(encoding="utf-8")))
+
+
+def is_documented(metric: str, names: set[str]) -> bool:
+    """A metric is named in the page, or is phase_<name>_s for a phase the page names."""
+    phase = re.fullmatch(r"phase_(\w+)_s", metric)
+    return metric in names or (phase is not None and "phase_<name>_s" in names and phase.group(1) in names)
+
+
+def test_every_metric_and_field_a_case_writes_is_in_results_md():
+    """Real cases (routed with capacity, shared experts and phases; a noisy training step; PEER) write
+    only metrics and record fields that docs/results.md explains."""
+    from moebench.bench import run_case
+    from moebench.spec import LayerSpec
+    from moebench.suite import Case, MeasurePlan, Workload
+
+    names = documented_names("results.md")
+    plan = MeasurePlan(warmup=1, min_samples=3, max_samples=3, budget_s=0.05)
+    routed = dict(d_model=32, d_ff=64, n_experts=4, top_k=2)
+    cases = [
+        (LayerSpec(**routed, n_shared=1, capacity_factor=1.0, backend="padded"), Workload(tokens=64)),
+        (LayerSpec(**routed, noisy_gating=True), Workload(tokens=64, mode="train_step")),
+        (LayerSpec(variant="peer", d_model=32, peer_experts=64, peer_heads=2, peer_k=2, d_key=8),
+         Workload(tokens=64)),
+    ]
+    undocumented = set()
+    for spec, workload in cases:
+        record = run_case(Case("c", {}, spec, workload, plan), "cpu", threads=1)
+        undocumented |= {f"metrics.{m}" for m in record["metrics"] if not is_documented(m, names)}
+        undocumented |= {field for field in record if field not in names}
+    assert not undocumented, f"written but not in docs/results.md: {sorted(undocumented)}"
