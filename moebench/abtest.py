@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from moebench import stats
-from moebench.store import ResultWriter, read_records
+from moebench.compare import load_run
+from moebench.store import ResultWriter
 
 # TESTING HOOK (bench.py): busy-waits this extra fraction of every timed step. Never set in real runs.
 INJECT_ENV = "MOEBENCH_INJECT_SLOWDOWN"
@@ -141,7 +142,7 @@ def cli_runner(suite_path: Path, out_dir: Path, threads: int, device: str = "cpu
         if proc.returncode not in (0, 1) or not files:  # 1 = a case failed: its record says which
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
             raise ABError(f"the {side.name} run (round {r}, {side.tree}) exited {proc.returncode}:\n{tail}")
-        records = list(read_records(files[-1]))
+        records = load_run(files[-1])  # checked record by record: a bad one is exit 2 naming FILE:LINE
         check_side(side, records)
         return records
 

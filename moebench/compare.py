@@ -25,19 +25,21 @@ SLOW, CHANGED and FAILED fail the gate (exit 1).
 
 Two runs are comparable only if they share the schema, the suite, the device and, case by case, the
 dtype, and have at least one case in common; otherwise `NotComparable` (exit 2) says why.
+load_run refuses a results file holding a record compare cannot use (`BadRecord`, exit 2), naming
+the file and line.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from moebench import stats
-from moebench.store import read_records
+from moebench.store import CASE_STATUSES, SCHEMA_VERSION
 
 TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
@@ -48,6 +50,10 @@ DEFAULT_ALPHA = 0.01
 
 class NotComparable(ValueError):
     """The two runs cannot be compared (different suite, device, dtype, schema, no common case)."""
+
+
+class BadRecord(ValueError):
+    """A results file holds a line compare cannot use; the message starts with FILE:LINE."""
 
 
 @dataclass(frozen=True)
@@ -70,22 +76,137 @@ class Verdict:
         return self.verdict in FAILING
 
 
+# --- reading --------------------------------------------------------------------------------------
+
 def load_run(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of one results file (or of the only *.jsonl in a folder)."""
-    path = Path(path)
+    """Every record of one results file (or of the only *.jsonl in a folder), each checked by
+    record_problem; the first unusable line raises BadRecord naming FILE:LINE."""
+    path = _results_file(Path(path))
+    records = []
+    for lineno, record in _json_lines(path):
+        problem = record_problem(record)
+        if problem:
+            raise BadRecord(f"{path}:{lineno}: {problem}")
+        records.append(record)
+    if not any(r["type"] == "run" for r in records):
+        raise NotComparable(f"{path}: no run record (is this a moebench results file?)")
+    return records
+
+
+def _results_file(path: Path) -> Path:
     if path.is_dir():
         files = sorted(path.glob("*.jsonl"))
         if len(files) != 1:
             raise NotComparable(f"{path}: expected one results file (*.jsonl) in this folder, found {len(files)}; "
                                 "name the file")
         path = files[0]
-    if not path.exists():
+    if not path.is_file():
         raise NotComparable(f"{path}: no such results file")
-    records = list(read_records(path))
-    if not any(r.get("type") == "run" for r in records):
-        raise NotComparable(f"{path}: no run record (is this a moebench results file?)")
-    return records
+    return path
 
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of every non-blank line. The last line is skipped when it has no
+    newline and does not parse: the writer puts a record and its newline in one write, so that is
+    the record a kill cut short. Any other line that does not parse is a BadRecord."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise NotComparable(f"{path}: cannot read ({err.strerror})") from None
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, absurd nesting
+            if i == len(lines) - 1:
+                continue
+            reason = f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) else type(err).__name__
+            raise BadRecord(f"{path}:{i + 1}: not a JSON record ({reason})") from None
+        yield i + 1, record
+
+
+def record_problem(record: Any) -> str | None:
+    """What makes one line's record unusable for compare, or None if compare can use it."""
+    if not isinstance(record, dict):
+        return f"a JSON {_json_kind(record)} where a record (a JSON object) belongs"
+    if record.get("schema") != SCHEMA_VERSION:
+        return f"schema {record.get('schema')!r}; this moebench reads schema {SCHEMA_VERSION}"
+    kind = record.get("type")
+    if kind == "run":
+        return _run_problem(record)
+    if kind == "case":
+        return _case_problem(record)
+    if not isinstance(kind, str):
+        return f"type {kind!r}: a record's type is a string such as 'run' or 'case'"
+    return None  # another kind of record: compare does not read it
+
+
+def _run_problem(record: dict) -> str | None:
+    if not isinstance(record.get("suite"), str):
+        return f"run record: suite {record.get('suite')!r} is not a string"
+    if not isinstance(record.get("options", {}), dict):
+        return "run record: options is not a JSON object"
+    return None
+
+
+def _case_problem(record: dict) -> str | None:
+    case_id = record.get("case_id")
+    if not isinstance(case_id, str) or not case_id:
+        return f"case record: case_id {case_id!r} is not a non-empty string"
+    where = f"case {case_id!r}"
+    status = record.get("status")
+    if status not in CASE_STATUSES:
+        return f"{where}: status {status!r}; allowed: {', '.join(CASE_STATUSES)}"
+    if not isinstance(record.get("error"), (str, type(None))):
+        return f"{where}: error is neither a string nor null"
+    for field in ("spec", "workload", "metrics", "samples"):
+        if not isinstance(record.get(field, {}), dict):
+            return f"{where}: {field} is not a JSON object"
+    if status == "ok":
+        return _ok_samples_problem(where, record)
+    return None
+
+
+def _ok_samples_problem(where: str, record: dict) -> str | None:
+    """A finished case must carry the per-step times it was judged by: seconds, finite and > 0."""
+    if "metrics" not in record or "samples" not in record:
+        return f"{where}: status 'ok' without metrics and samples"
+    samples = record["samples"]
+    for key in TIMING:
+        values = samples.get(key)
+        required = key == "latency_s"  # cpu_s is absent from records older than it
+        if values is None and not required:
+            continue
+        if not isinstance(values, list) or (required and not values) or not all(map(_is_duration, values)):
+            return (f"{where}: samples.{key} must be a {'non-empty ' if required else ''}list of finite positive "
+                    f"numbers (seconds) for status 'ok'; found {_short(values)}")
+    rounds = samples.get("round")
+    if rounds is not None and not (isinstance(rounds, list) and all(_is_round(r) for r in rounds)):
+        return f"{where}: samples.round must be a list of round numbers (integers >= 0); found {_short(rounds)}"
+    return None
+
+
+def _is_duration(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _is_round(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((list, "array"), (str, "string"), (bool, "boolean"), ((int, float), "number"))
+    return next((name for cls, name in kinds if isinstance(value, cls)), "null")
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+# --- verdicts -------------------------------------------------------------------------------------
 
 def compare_runs(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]],
                  threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
@@ -144,6 +265,8 @@ def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[
 
 
 def _cases(records: Iterable[dict]) -> dict[str, dict]:
+    # A later record of a case replaces an earlier one: `run --resume` appends a retry of a failed
+    # case to the same file, and the retry is the case's result.
     return {r["case_id"]: r for r in records if r.get("type") == "case"}
 
 

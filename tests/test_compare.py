@@ -153,3 +153,61 @@ def test_auto_judges_cpu_time_when_both_runs_have_it():
     assert compare_runs([run_record(), b], [run_record(), c], metric="latency_s")[0].verdict == "SAME"
     wall_only = case_record("a", noisy(1.0, seed=9))
     assert compare_runs([run_record(), b], [run_record(), wall_only])[0].metric == "latency_s"
+
+
+# --- records compare cannot use: exit 2 naming FILE:LINE --------------------------------------------
+
+def _without(record, *path):
+    record = json.loads(json.dumps(record))
+    parent = record
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    return record
+
+
+def _with(record, **fields):
+    return {**record, **fields}
+
+
+GOOD_B = case_record("b", noisy(1.0, seed=3))
+
+BAD_LINES = {
+    "all-zero samples": json.dumps(case_record("b", [0.0] * 5)),
+    "a JSON array where a record belongs": json.dumps([GOOD_B]),
+    "a JSON string where a record belongs": json.dumps("case"),
+    "no status": json.dumps(_without(GOOD_B, "status")),
+    "an unknown status": json.dumps(_with(GOOD_B, status="okay")),
+    "no case_id": json.dumps(_without(GOOD_B, "case_id")),
+    "an ok case without samples": json.dumps(_without(GOOD_B, "samples")),
+    "an ok case without latency samples": json.dumps(_without(GOOD_B, "samples", "latency_s")),
+    "metrics not an object": json.dumps(_with(GOOD_B, metrics=[1, 2])),
+    "a NaN sample": json.dumps(case_record("b", [0.001, float("nan"), 0.001])),
+    "a negative sample": json.dumps(case_record("b", [0.001, -0.001, 0.001])),
+    "a boolean sample": json.dumps(case_record("b", [True, True, True])),
+    "a run record whose options are not an object": json.dumps(_with(run_record(), options=["cpu"])),
+    "bytes that are not UTF-8": b'{"schema": 1, "type": "case", "case_id": "b\xff"}'.decode("latin-1"),
+    "nesting too deep to parse": "[" * 100_000 + "]" * 100_000,
+}
+
+
+@pytest.mark.parametrize("bad_line", BAD_LINES.values(), ids=BAD_LINES.keys())
+def test_cli_malformed_record_exits_2_naming_file_and_line(tmp_path, bad_line):
+    base = write(tmp_path / "b.jsonl", [run_record(), case_record("a", noisy(1.0)), GOOD_B])
+    cand = tmp_path / "c.jsonl"
+    good = [json.dumps(run_record()), json.dumps(case_record("a", noisy(1.0, seed=1)))]
+    cand.write_bytes("\n".join([*good, bad_line, ""]).encode("latin-1" if "\xff" in bad_line else "utf-8"))
+    result = CliRunner().invoke(cli, ["compare", base, str(cand)])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), "a traceback, not a message"  # not a crash
+    assert f"{cand}:3: " in result.output, result.output
+
+
+def test_load_run_skips_a_torn_last_line_and_keeps_the_last_record_of_a_case(tmp_path):
+    # behaviour kept from before: a kill mid-write cuts the last line; a retried case's later record counts
+    path = tmp_path / "r.jsonl"
+    lines = [run_record(), case_record("a", [], status="crashed"), case_record("a", noisy(1.0))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + json.dumps(case_record("b", noisy(1.0)))[:50])
+    records = compare.load_run(path)
+    assert [r.get("case_id") for r in records] == [None, "a", "a"]
+    assert compare._cases(records)["a"]["status"] == "ok"
