@@ -1,4 +1,5 @@
-"""Baseline vs candidate verdicts for CI: is any case slower, and did any deterministic counter move?
+"""Baseline vs candidate verdicts for CI: is any case slower, did any deterministic counter move,
+and is any case's evidence missing?
 
 Timing (the raw per-step samples of each case: `samples.cpu_s` where both runs have them, else
 `samples.latency_s`; see timing_key) gets one of four verdicts, with r the ratio of
@@ -20,11 +21,13 @@ README "CI regression gate" has the false-alarm rate and power this rule measure
 
 Deterministic counters (for the same workload seed) are compared exactly: `flops`, `drop_rate`,
 `tokens_dropped_frac`, `capacity`, `params`, `trainable_params` and the expert loads (`loads`).
-Any difference is CHANGED. A case that ran in the baseline and failed in the candidate is FAILED.
-SLOW, CHANGED and FAILED fail the gate (exit 1).
+Any difference is CHANGED. A case that ran in the baseline and failed in the candidate is FAILED; a
+case of the baseline with no record in the candidate is MISSING; a case only the candidate has is
+NEW (informational). SLOW, CHANGED, FAILED and MISSING fail the gate (exit 1), and so does a
+comparison in which no case was compared on timing: missing evidence is never a pass.
 
 Two runs are comparable only if they share the schema, the suite, the device and, case by case, the
-dtype, and have at least one case in common; otherwise `NotComparable` (exit 2) says why.
+dtype, and the baseline has at least one finished case; otherwise `NotComparable` (exit 2) says why.
 load_run refuses a results file holding a record compare cannot use (`BadRecord`, exit 2), naming
 the file and line.
 """
@@ -43,13 +46,13 @@ from moebench.store import CASE_STATUSES, SCHEMA_VERSION
 
 TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
-FAILING = ("SLOW", "CHANGED", "FAILED")
+FAILING = ("SLOW", "CHANGED", "FAILED", "MISSING")
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.01
 
 
 class NotComparable(ValueError):
-    """The two runs cannot be compared (different suite, device, dtype, schema, no common case)."""
+    """The two runs cannot be compared (different suite, device, dtype, schema, no finished baseline case)."""
 
 
 class BadRecord(ValueError):
@@ -60,8 +63,8 @@ class BadRecord(ValueError):
 class Verdict:
     case_id: str
     metric: str  # "latency_s" or "cpu_s" for timing; a counter name, "loads" or "status" otherwise
-    verdict: str  # SLOW | FAST | SAME | AMBIGUOUS | EQUAL | CHANGED | FAILED | SKIPPED
-    baseline: Any = None  # median seconds for timing, the value for counters
+    verdict: str  # SLOW | FAST | SAME | AMBIGUOUS | EQUAL | CHANGED | FAILED | MISSING | NEW | SKIPPED
+    baseline: Any = None  # median seconds for timing, the value for counters, the status
     candidate: Any = None
     ratio: float | None = None
     ci_low: float | None = None
@@ -74,6 +77,11 @@ class Verdict:
     @property
     def fails(self) -> bool:
         return self.verdict in FAILING
+
+    @property
+    def timed(self) -> bool:
+        """Whether this is a timing verdict backed by statistics (at least 2 samples a side)."""
+        return self.metric in TIMING and self.ratio is not None
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -211,7 +219,8 @@ def _short(value: Any, width: int = 60) -> str:
 def compare_runs(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]],
                  threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
                  seed: int = 0, metric: str = "auto") -> list[Verdict]:
-    """Verdicts for every case the two runs share: timing first, then counters that moved or matched."""
+    """Verdicts for every case of the baseline (MISSING where the candidate has none), then NEW for
+    the candidate's own cases. Records are those load_run accepts (or abtest.merge_rounds makes)."""
     if not threshold > 0 or not 0 < alpha < 1:
         raise ValueError(f"threshold={threshold}, alpha={alpha}: need threshold > 0 and 0 < alpha < 1")
     base_cases, cand_cases = check_comparable(baseline, candidate)
@@ -219,22 +228,30 @@ def compare_runs(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]]
     for case_id, b in base_cases.items():
         c = cand_cases.get(case_id)
         if c is None:
-            continue
-        if c["status"] != "ok":
-            first_line = (c.get("error") or "").splitlines()[:1]
-            note = f"{c['status']}: {first_line[0] if first_line else ''}"
-            verdicts.append(Verdict(case_id, "status", "FAILED" if b["status"] == "ok" else "SKIPPED",
-                                    b["status"], c["status"], note=note))
-            continue
-        if b["status"] != "ok":
-            verdicts.append(Verdict(case_id, "status", "SKIPPED", b["status"], c["status"],
-                                    note="the baseline case did not finish"))
-            continue
-        key = timing_key(b, c, metric)
-        verdicts.append(timing_verdict(case_id, _samples(b, key), _samples(c, key), threshold, alpha, seed,
-                                       _groups(b, key), _groups(c, key), metric=key))
-        verdicts.extend(counter_verdicts(case_id, b, c))
+            verdicts.append(Verdict(case_id, "status", "MISSING", b["status"], None,
+                                    note="no record of this case in the candidate"))
+        else:
+            verdicts.extend(case_verdicts(case_id, b, c, threshold, alpha, seed, metric))
+    verdicts.extend(Verdict(case_id, "status", "NEW", None, c["status"], note="not in the baseline")
+                    for case_id, c in cand_cases.items() if case_id not in base_cases)
     return verdicts
+
+
+def case_verdicts(case_id: str, b: dict, c: dict, threshold: float, alpha: float, seed: int = 0,
+                  metric: str = "auto") -> list[Verdict]:
+    """One case present in both runs: its status, or its timing verdict and its counters."""
+    if c["status"] != "ok":
+        first_line = (c.get("error") or "").splitlines()[:1]
+        note = f"{c['status']}: {first_line[0] if first_line else ''}"
+        return [Verdict(case_id, "status", "FAILED" if b["status"] == "ok" else "SKIPPED",
+                        b["status"], c["status"], note=note)]
+    if b["status"] != "ok":
+        return [Verdict(case_id, "status", "SKIPPED", b["status"], c["status"],
+                        note="the baseline case did not finish")]
+    key = timing_key(b, c, metric)
+    timing = timing_verdict(case_id, _samples(b, key), _samples(c, key), threshold, alpha, seed,
+                            _groups(b, key), _groups(c, key), metric=key)
+    return [timing, *counter_verdicts(case_id, b, c)]
 
 
 def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -253,10 +270,11 @@ def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[
                                 f"candidate {get(cand_run)!r}")
     base_cases = _cases(baseline)
     cand_cases = _cases(candidate)
-    common = [k for k in base_cases if k in cand_cases]
-    if not common:
-        raise NotComparable(f"the runs share no case (baseline has {len(base_cases)}, candidate {len(cand_cases)})")
-    for case_id in common:
+    if not any(r["status"] == "ok" for r in base_cases.values()):
+        # Nothing to measure the candidate against; a gate must not read that as a pass.
+        raise NotComparable(f"the baseline has no finished case ({len(base_cases)} case records, "
+                            "none with status 'ok')")
+    for case_id in (k for k in base_cases if k in cand_cases):
         b_dtype = base_cases[case_id].get("spec", {}).get("dtype")
         c_dtype = cand_cases[case_id].get("spec", {}).get("dtype")
         if b_dtype != c_dtype:
@@ -344,7 +362,8 @@ def counter_verdicts(case_id: str, base: dict, cand: dict) -> list[Verdict]:
 
 
 def gate_failed(verdicts: list[Verdict]) -> bool:
-    return any(v.fails for v in verdicts)
+    """FAIL when any verdict fails, and when no case was compared on timing: no evidence is no pass."""
+    return any(v.fails for v in verdicts) or not any(v.timed for v in verdicts)
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -365,18 +384,21 @@ def _fmt_value(x: Any) -> str:
 
 
 def _rows(verdicts: list[Verdict], everything: bool) -> list[Verdict]:
-    """Timing verdicts always; counters only when they changed (unless everything)."""
+    """Timing and status verdicts always; counters only when they changed (unless everything)."""
     return [v for v in verdicts if everything or v.metric in TIMING + ("status",) or v.verdict != "EQUAL"]
 
 
 def summary_line(verdicts: list[Verdict]) -> str:
+    """PASS or FAIL, the count of each verdict, and the failing cases."""
     counts: dict[str, int] = {}
     for v in verdicts:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
-    shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no verdicts"
     failing = sorted({v.case_id for v in verdicts if v.fails})
-    head = "FAIL" if failing else "PASS"
-    tail = f"; failing cases: {', '.join(failing)}" if failing else ""
+    head = "FAIL" if gate_failed(verdicts) else "PASS"
+    tail = "" if failing or any(v.timed for v in verdicts) else "; no case was compared on timing"
+    if failing:
+        tail += f"; failing cases: {', '.join(failing)}"
     return f"{head}: {shown}{tail}"
 
 

@@ -74,14 +74,17 @@ def test_counters_compared_exactly():
     assert [v.metric for v in compare_runs(b, c)] == ["latency_s"]
 
 
-def test_failed_and_missing_cases():
+def test_failed_and_missing_cases_fail_and_a_new_case_is_informational():
     b = [run_record(), case_record("a", noisy(1.0)), case_record("b", noisy(1.0)), case_record("gone", noisy(1.0))]
     c = [run_record(), case_record("a", [], status="error"), case_record("b", noisy(1.0)),
          case_record("new", noisy(1.0))]
     verdicts = compare_runs(b, c)
     assert [(v.case_id, v.verdict) for v in verdicts if v.metric in ("status", "latency_s")] == \
-        [("a", "FAILED"), ("b", "SAME")]
-    assert compare.gate_failed(verdicts)
+        [("a", "FAILED"), ("b", "SAME"), ("gone", "MISSING"), ("new", "NEW")]
+    assert sorted({v.case_id for v in verdicts if v.fails}) == ["a", "gone"]
+    assert compare.summary_line(verdicts).endswith("failing cases: a, gone")
+    # without the failure and the missing case, the new case alone does not fail the gate
+    assert not compare.gate_failed(compare_runs([b[0], b[2]], [c[0], c[2], c[3]]))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -95,12 +98,10 @@ def test_not_comparable_runs(change, message):
         compare_runs(b, c)
 
 
-def test_not_comparable_dtype_schema_and_disjoint():
+def test_not_comparable_dtype_and_schema():
     b = [run_record(), case_record("a", noisy(1.0))]
     with pytest.raises(NotComparable, match="dtype"):
         compare_runs(b, [run_record(), case_record("a", noisy(1.0), dtype="bfloat16")])
-    with pytest.raises(NotComparable, match="share no case"):
-        compare_runs(b, [run_record(), case_record("z", noisy(1.0))])
     with pytest.raises(NotComparable, match="schema"):
         compare_runs(b, [{**run_record(), "schema": 2}, case_record("a", noisy(1.0))])
 
@@ -153,6 +154,49 @@ def test_auto_judges_cpu_time_when_both_runs_have_it():
     assert compare_runs([run_record(), b], [run_record(), c], metric="latency_s")[0].verdict == "SAME"
     wall_only = case_record("a", noisy(1.0, seed=9))
     assert compare_runs([run_record(), b], [run_record(), wall_only])[0].metric == "latency_s"
+
+
+# --- missing evidence is never a pass -------------------------------------------------------------
+
+def test_cli_candidate_that_crashed_half_way_fails_with_missing_cases(tmp_path):
+    cases = [case_record(name, noisy(1.0, seed=i)) for i, name in enumerate("abcd")]
+    base = write(tmp_path / "b.jsonl", [run_record(), *cases])
+    half = write(tmp_path / "h.jsonl", [run_record(), *cases[:2]])
+    result = CliRunner().invoke(cli, ["compare", base, half])
+    assert result.exit_code == 1, result.output
+    assert "FAIL:" in result.output and "2 MISSING" in result.output and "failing cases: c, d" in result.output
+
+
+@pytest.mark.parametrize("candidate_cases", [
+    pytest.param([], id="no case record at all"),
+    pytest.param([case_record("z", noisy(1.0))], id="only cases the baseline lacks"),
+])
+def test_cli_candidate_with_no_comparable_case_fails(tmp_path, candidate_cases):
+    base = write(tmp_path / "b.jsonl", [run_record(), case_record("a", noisy(1.0))])
+    cand = write(tmp_path / "c.jsonl", [run_record(), *candidate_cases])
+    result = CliRunner().invoke(cli, ["compare", base, cand, "--format", "json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output)
+    assert data["failed"] is True and ("a", "MISSING") in [(v["case_id"], v["verdict"]) for v in data["verdicts"]]
+
+
+def test_cli_no_case_compared_on_timing_is_not_a_pass(tmp_path):
+    # every case finished, but with one sample a side nothing can be judged: AMBIGUOUS everywhere
+    base = write(tmp_path / "b.jsonl", [run_record(), case_record("a", [1.0]), case_record("b", [2.0])])
+    cand = write(tmp_path / "c.jsonl", [run_record(), case_record("a", [1.0]), case_record("b", [2.0])])
+    result = CliRunner().invoke(cli, ["compare", base, cand])
+    assert result.exit_code == 1, result.output
+    assert "FAIL: 2 AMBIGUOUS" in result.output and "no case was compared on timing" in result.output
+    assert compare.gate_failed([])
+
+
+def test_cli_baseline_with_only_failed_cases_is_not_comparable(tmp_path):
+    base = write(tmp_path / "b.jsonl", [run_record(), case_record("a", [], status="error"),
+                                        case_record("b", [], status="timeout")])
+    cand = write(tmp_path / "c.jsonl", [run_record(), case_record("a", noisy(1.0)), case_record("b", noisy(1.0))])
+    result = CliRunner().invoke(cli, ["compare", base, cand])
+    assert result.exit_code == 2, result.output
+    assert "not comparable: the baseline has no finished case" in result.output and "PASS" not in result.output
 
 
 # --- records compare cannot use: exit 2 naming FILE:LINE --------------------------------------------
