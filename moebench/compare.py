@@ -1,5 +1,5 @@
 """Baseline vs candidate verdicts for CI: is any case slower, did any deterministic counter move,
-and is any case's evidence missing?
+did the code that ran change, and is any case's evidence missing?
 
 Timing (the raw per-step samples of each case: `samples.cpu_s` where both runs have them, else
 `samples.latency_s`; see timing_key) gets one of four verdicts, with r the ratio of
@@ -19,6 +19,12 @@ the threshold. In an A/B run (abtest.py) samples within one process share that p
 round to point the same way makes the process, not the sample, the unit that must agree.
 README "CI regression gate" has the false-alarm rate and power this rule measured.
 
+A timing verdict compares one implementation with itself. Case records name the implementation
+that ran each step (`code`, e.g. {"experts": "onednn", "candidate_topk": "native_c"}); when both
+records carry it and it differs, the timing verdict is CHANGED (metric "code", the note names the
+steps), never SLOW or FAST: the same code did not run twice. Records without `code` (written before
+it existed) are timed as before, with the note "code not recorded".
+
 Deterministic counters (for the same workload seed) are compared exactly: `flops`, `drop_rate`,
 `tokens_dropped_frac`, `capacity`, `params`, `trainable_params` and the expert loads (`loads`).
 Any difference is CHANGED. A case that ran in the baseline and failed in the candidate is FAILED; a
@@ -37,7 +43,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +68,9 @@ class BadRecord(ValueError):
 @dataclass(frozen=True)
 class Verdict:
     case_id: str
-    metric: str  # "latency_s" or "cpu_s" for timing; a counter name, "loads" or "status" otherwise
+    metric: str  # "latency_s" or "cpu_s" for timing; "code"; a counter name, "loads" or "status" otherwise
     verdict: str  # SLOW | FAST | SAME | AMBIGUOUS | EQUAL | CHANGED | FAILED | MISSING | NEW | SKIPPED
-    baseline: Any = None  # median seconds for timing, the value for counters, the status
+    baseline: Any = None  # median seconds for timing (and "code"), the value for counters, the status
     candidate: Any = None
     ratio: float | None = None
     ci_low: float | None = None
@@ -169,9 +175,12 @@ def _case_problem(record: dict) -> str | None:
         return f"{where}: status {status!r}; allowed: {', '.join(CASE_STATUSES)}"
     if not isinstance(record.get("error"), (str, type(None))):
         return f"{where}: error is neither a string nor null"
-    for field in ("spec", "workload", "metrics", "samples"):
+    for field in ("spec", "workload", "metrics", "samples", "code"):
         if not isinstance(record.get(field, {}), dict):
             return f"{where}: {field} is not a JSON object"
+    code = record.get("code") or {}
+    if not all(isinstance(v, str) for v in code.values()):
+        return f"{where}: code must map each step to the name of its implementation (a string)"
     if status == "ok":
         return _ok_samples_problem(where, record)
     return None
@@ -239,7 +248,7 @@ def compare_runs(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]]
 
 def case_verdicts(case_id: str, b: dict, c: dict, threshold: float, alpha: float, seed: int = 0,
                   metric: str = "auto") -> list[Verdict]:
-    """One case present in both runs: its status, or its timing verdict and its counters."""
+    """One case present in both runs: its status, or its timing (or code) verdict and its counters."""
     if c["status"] != "ok":
         first_line = (c.get("error") or "").splitlines()[:1]
         note = f"{c['status']}: {first_line[0] if first_line else ''}"
@@ -251,7 +260,7 @@ def case_verdicts(case_id: str, b: dict, c: dict, threshold: float, alpha: float
     key = timing_key(b, c, metric)
     timing = timing_verdict(case_id, _samples(b, key), _samples(c, key), threshold, alpha, seed,
                             _groups(b, key), _groups(c, key), metric=key)
-    return [timing, *counter_verdicts(case_id, b, c)]
+    return [code_verdict(timing, b.get("code"), c.get("code")), *counter_verdicts(case_id, b, c)]
 
 
 def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -346,6 +355,29 @@ def round_ratios(base: list[float], cand: list[float], base_groups: list[int] | 
     return [stats.median(c) / stats.median(b) for _, (b, c) in sorted(by_round.items()) if b and c]
 
 
+def code_verdict(timing: Verdict, base_code: dict | None, cand_code: dict | None) -> Verdict:
+    """The timing verdict, unless another implementation ran: then CHANGED (metric "code"), keeping
+    the medians and ratio as information and naming the steps whose implementation differs."""
+    if base_code is None or cand_code is None:
+        where = "either run" if base_code is None and cand_code is None else \
+            "the baseline" if base_code is None else "the candidate"
+        return replace(timing, note=_join(timing.note, f"code not recorded in {where}"))
+    differs = code_differences(base_code, cand_code)
+    if not differs:
+        return timing
+    return replace(timing, metric="code", verdict="CHANGED", note=f"code differs: {differs}")
+
+
+def code_differences(base_code: dict[str, str], cand_code: dict[str, str]) -> str:
+    """'step: baseline impl -> candidate impl' for every step that differs, '(none)' where a side lacks it."""
+    steps = sorted(k for k in base_code.keys() | cand_code.keys() if base_code.get(k) != cand_code.get(k))
+    return ", ".join(f"{s}: {base_code.get(s, '(none)')} -> {cand_code.get(s, '(none)')}" for s in steps)
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
 def counter_verdicts(case_id: str, base: dict, cand: dict) -> list[Verdict]:
     """Exact comparison of the deterministic counters; skipped when the workload seeds differ."""
     if (base.get("workload") or {}).get("seed") != (cand.get("workload") or {}).get("seed"):
@@ -384,7 +416,7 @@ def _fmt_value(x: Any) -> str:
 
 
 def _rows(verdicts: list[Verdict], everything: bool) -> list[Verdict]:
-    """Timing and status verdicts always; counters only when they changed (unless everything)."""
+    """Timing, code and status verdicts always; counters only when they changed (unless everything)."""
     return [v for v in verdicts if everything or v.metric in TIMING + ("status",) or v.verdict != "EQUAL"]
 
 

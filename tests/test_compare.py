@@ -229,6 +229,7 @@ BAD_LINES = {
     "a NaN sample": json.dumps(case_record("b", [0.001, float("nan"), 0.001])),
     "a negative sample": json.dumps(case_record("b", [0.001, -0.001, 0.001])),
     "a boolean sample": json.dumps(case_record("b", [True, True, True])),
+    "an implementation that is not a string": json.dumps(_with(GOOD_B, code={"experts": 3})),
     "a run record whose options are not an object": json.dumps(_with(run_record(), options=["cpu"])),
     "bytes that are not UTF-8": b'{"schema": 1, "type": "case", "case_id": "b\xff"}'.decode("latin-1"),
     "nesting too deep to parse": "[" * 100_000 + "]" * 100_000,
@@ -255,3 +256,49 @@ def test_load_run_skips_a_torn_last_line_and_keeps_the_last_record_of_a_case(tmp
     records = compare.load_run(path)
     assert [r.get("case_id") for r in records] == [None, "a", "a"]
     assert compare._cases(records)["a"]["status"] == "ok"
+
+
+# --- the code that ran ----------------------------------------------------------------------------
+
+def with_code(record, **code):
+    return {**record, "code": code}
+
+
+def test_a_change_of_code_is_changed_not_slow_or_fast():
+    b = [run_record(), with_code(case_record("peer", noisy(1.0)), candidate_topk="native_c", gather_experts="native_c")]
+    for speed in (1.3, 0.7, 1.0):
+        c = [run_record(), with_code(case_record("peer", noisy(speed, seed=2)), candidate_topk="torch",
+                                     gather_experts="native_c", experts="onednn")]
+        verdict = compare_runs(b, c)[0]
+        assert (verdict.metric, verdict.verdict) == ("code", "CHANGED"), speed
+        assert verdict.note.startswith("code differs: candidate_topk: native_c -> torch, experts: (none) -> onednn")
+        assert "gather_experts" not in verdict.note and verdict.ratio == pytest.approx(speed, rel=0.05)
+        assert compare.gate_failed(compare_runs(b, c))
+    # the same code: timing is judged as always, with no note about code
+    same = [run_record(), with_code(case_record("peer", noisy(1.3, seed=2)), candidate_topk="native_c",
+                                    gather_experts="native_c")]
+    verdict = compare_runs(b, same)[0]
+    assert (verdict.metric, verdict.verdict, verdict.note) == ("latency_s", "SLOW", "")
+
+
+@pytest.mark.parametrize("side", ["baseline", "candidate"])
+def test_a_record_without_code_is_timed_as_before_with_a_note(side):
+    coded = with_code(case_record("a", noisy(1.0)), experts="torch")
+    plain = case_record("a", noisy(1.3, seed=2))
+    b, c = (case_record("a", noisy(1.0)), with_code(plain, experts="torch")) if side == "baseline" else (coded, plain)
+    verdict = compare_runs([run_record(), b], [run_record(), c])[0]
+    assert (verdict.metric, verdict.verdict) == ("latency_s", "SLOW")
+    assert verdict.note == f"code not recorded in the {side}"
+
+
+def test_cli_code_change_fails_the_gate_in_every_format(tmp_path):
+    base = write(tmp_path / "b.jsonl", [run_record(), with_code(case_record("a", noisy(1.0)), experts="onednn")])
+    cand = write(tmp_path / "c.jsonl", [run_record(), with_code(case_record("a", noisy(0.5)), experts="torch")])
+    runner = CliRunner()
+    data = json.loads(runner.invoke(cli, ["compare", base, cand, "--format", "json"]).output)
+    assert data["failed"] and [(v["metric"], v["verdict"]) for v in data["verdicts"]][0] == ("code", "CHANGED")
+    table = runner.invoke(cli, ["compare", base, cand])
+    assert table.exit_code == 1 and "FAST" not in table.output
+    assert "CHANGED" in table.output and "code differs: experts: onednn -> torch" in table.output
+    markdown = runner.invoke(cli, ["compare", base, cand, "--format", "markdown"])
+    assert markdown.exit_code == 1 and ":red_circle: CHANGED" in markdown.output and "FAST" not in markdown.output
