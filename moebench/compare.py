@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import json
 import math
+import string
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -412,7 +414,15 @@ def _fmt_value(x: Any) -> str:
     if isinstance(x, list):
         text = json.dumps(x)
         return text if len(text) <= 40 else text[:37] + "..."
-    return "-" if x is None else str(x)
+    return "-" if x is None else _printable(str(x))
+
+
+def _printable(text: str) -> str:
+    """text on one visible line: control, invisible-format and line-separator characters (newlines,
+    terminal escapes, bidi overrides) are written as Python escapes such as \\n or \\u202e."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp") else ch
+                   for ch in text)
 
 
 def _rows(verdicts: list[Verdict], everything: bool) -> list[Verdict]:
@@ -420,8 +430,8 @@ def _rows(verdicts: list[Verdict], everything: bool) -> list[Verdict]:
     return [v for v in verdicts if everything or v.metric in TIMING + ("status",) or v.verdict != "EQUAL"]
 
 
-def summary_line(verdicts: list[Verdict]) -> str:
-    """PASS or FAIL, the count of each verdict, and the failing cases."""
+def summary_line(verdicts: list[Verdict], name_cases: bool = True) -> str:
+    """PASS or FAIL, the count of each verdict, and (name_cases) the failing cases."""
     counts: dict[str, int] = {}
     for v in verdicts:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
@@ -429,8 +439,8 @@ def summary_line(verdicts: list[Verdict]) -> str:
     failing = sorted({v.case_id for v in verdicts if v.fails})
     head = "FAIL" if gate_failed(verdicts) else "PASS"
     tail = "" if failing or any(v.timed for v in verdicts) else "; no case was compared on timing"
-    if failing:
-        tail += f"; failing cases: {', '.join(failing)}"
+    if failing and name_cases:
+        tail += f"; failing cases: {', '.join(_printable(c) for c in failing)}"
     return f"{head}: {shown}{tail}"
 
 
@@ -440,31 +450,53 @@ def format_table(verdicts: list[Verdict], everything: bool = False) -> str:
     lines = [header, "-" * len(header)]
     for v in _rows(verdicts, everything):
         ratio, ci, p = _fmt_ratio(v)
-        lines.append(f"{v.case_id[:56]:<56} {v.metric:<18} {v.verdict:<9} {_fmt_value(v.baseline):>12} "
-                     f"{_fmt_value(v.candidate):>12} {ratio:>6} {ci:>16} {p:>8}" + (f"  {v.note}" if v.note else ""))
+        note = _printable(v.note)
+        lines.append(f"{_printable(v.case_id)[:56]:<56} {v.metric:<18} {v.verdict:<9} {_fmt_value(v.baseline):>12} "
+                     f"{_fmt_value(v.candidate):>12} {ratio:>6} {ci:>16} {p:>8}" + (f"  {note}" if note else ""))
     lines.append(summary_line(verdicts))
     return "\n".join(lines)
 
 
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    """Text that Markdown (GitHub's included) shows as itself: one line, every ASCII punctuation
+    character backslash-escaped (emphasis, code, links, images, table pipes, strikethrough,
+    autolinks) and < > & as entities (HTML)."""
+    return "".join(_HTML_ENTITIES.get(ch) or ("\\" + ch if ch in string.punctuation else ch)
+                   for ch in _printable(text))
+
+
+def _md_text(text: str) -> str:
+    """Text from a results file (a case id, a note, a value) in a Markdown table cell: escaped, and
+    inside <code> because GitHub links @mentions, #refs and :emoji: in rendered text but not in code."""
+    return f"<code>{_md_escape(text)}</code>" if text else ""
 
 
 def format_markdown(verdicts: list[Verdict], threshold: float, alpha: float, title: str = "moebench gate",
                     everything: bool = False) -> str:
     mark = {"SLOW": ":red_circle: SLOW", "CHANGED": ":red_circle: CHANGED", "FAILED": ":red_circle: FAILED",
-            "FAST": ":green_circle: FAST", "AMBIGUOUS": ":yellow_circle: AMBIGUOUS"}
-    lines = [f"### {_md_escape(title)}: {_md_escape(summary_line(verdicts))}", "",
+            "MISSING": ":red_circle: MISSING", "FAST": ":green_circle: FAST",
+            "AMBIGUOUS": ":yellow_circle: AMBIGUOUS"}
+    # The heading names no case (the table's rows do, escaped), so its summary is moebench's own words.
+    lines = [f"### {_md_escape(title)}: {summary_line(verdicts, name_cases=False)}", "",
              f"Threshold {threshold:.0%}, alpha {alpha:g}. SLOW needs the ratio past the threshold, "
              "Mann-Whitney p < alpha and the CI's lower bound past half the threshold.", "",
-             "| case | metric | verdict | baseline | candidate | ratio | 95% CI | p |",
-             "|---|---|---|---:|---:|---:|---|---:|"]
+             "| case | metric | verdict | baseline | candidate | ratio | 95% CI | p | note |",
+             "|---|---|---|---:|---:|---:|---|---:|---|"]
     for v in _rows(verdicts, everything):
         ratio, ci, p = _fmt_ratio(v)
-        cells = [v.case_id, v.metric, mark.get(v.verdict, v.verdict), _fmt_value(v.baseline),
-                 _fmt_value(v.candidate), ratio, ci, p]
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        cells = [_md_text(v.case_id), v.metric, mark.get(v.verdict, v.verdict), _md_value(v.baseline),
+                 _md_value(v.candidate), ratio, ci, p, _md_text(v.note)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _md_value(x: Any) -> str:
+    """Numbers as moebench formats them; anything else read from a file goes through _md_text."""
+    text = _fmt_value(x)
+    return text if x is None or isinstance(x, (int, float)) and not isinstance(x, bool) else _md_text(text)
 
 
 def format_json(verdicts: list[Verdict], threshold: float, alpha: float) -> str:

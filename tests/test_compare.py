@@ -1,5 +1,6 @@
 """compare.py: verdict rules on constructed samples, exact counters, comparability, output, CLI exit codes."""
 
+import html.parser
 import json
 
 import numpy as np
@@ -133,7 +134,7 @@ def test_cli_exit_codes(tmp_path):
     result = runner.invoke(cli, ["compare", base, same])
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["compare", base, slow, "--format", "markdown"])
-    assert result.exit_code == 1 and "| a | latency_s | :red_circle: SLOW" in result.output
+    assert result.exit_code == 1 and "| <code>a</code> | latency_s | :red_circle: SLOW" in result.output
     result = runner.invoke(cli, ["compare", base, other])
     assert result.exit_code == 2 and "suite" in result.output
     result = runner.invoke(cli, ["compare", base])
@@ -302,3 +303,54 @@ def test_cli_code_change_fails_the_gate_in_every_format(tmp_path):
     assert "CHANGED" in table.output and "code differs: experts: onednn -> torch" in table.output
     markdown = runner.invoke(cli, ["compare", base, cand, "--format", "markdown"])
     assert markdown.exit_code == 1 and ":red_circle: CHANGED" in markdown.output and "FAST" not in markdown.output
+
+
+# --- markdown shows hostile case ids as they are --------------------------------------------------
+
+HOSTILE_IDS = ["x|y", "*bold* _it_ **b** __u__", "`code` ``two``", "[link](http://e.com) ![img](x.png)",
+               "two\nlines\r\nthree", "<img src=x onerror=alert(1)>", "<b>bold</b>", "&lt;b&gt; &amp; &#124;",
+               "~~strike~~", "@octocat #12 :smile:", "back\\slash\\*", "rtl\u202eevil", "# heading", "> quote",
+               "- item", "1. item", "a\\|b", "<http://autolink.example>", "\x1b[31mred"]
+
+
+class _TableBody(html.parser.HTMLParser):
+    """The body rows of rendered HTML tables, each a list of cells: the cell's text and the tags inside it."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.rows, self.cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag == "td":
+            self.cell = {"text": "", "tags": []}
+        elif self.cell is not None:
+            self.cell["tags"].append(tag)
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self.rows[-1].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell["text"] += data
+
+
+def test_markdown_shows_hostile_case_ids_as_they_are():
+    from markdown_it import MarkdownIt  # a CommonMark renderer with GitHub's tables and strikethrough
+
+    b = [run_record(), *(case_record(i, noisy(1.0)) for i in HOSTILE_IDS)]
+    c = [run_record(), *(case_record(i, noisy(1.3, seed=4)) for i in HOSTILE_IDS)]
+    md = compare.format_markdown(compare_runs(b, c), 0.05, 0.01)
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(md)
+    table = _TableBody()
+    table.feed(rendered)
+    first_cells = [row[0] for row in table.rows if row]  # the header row has th, not td
+    # one row per case: a newline in an id did not split a row, a pipe did not split a cell
+    assert len(first_cells) == len(HOSTILE_IDS), rendered
+    for case_id, cell in zip(HOSTILE_IDS, first_cells, strict=True):
+        shown = case_id.replace("\r", "\\r").replace("\n", "\\n").replace("\u202e", "\\u202e").replace("\x1b", "\\x1b")
+        assert (cell["text"], cell["tags"]) == (shown, ["code"]), case_id
+    assert "FAIL" in md.splitlines()[0] and not any(i in md.splitlines()[0] for i in ("octocat", "img"))
