@@ -190,8 +190,9 @@ def _case_problem(record: dict) -> str | None:
 
 def _ok_samples_problem(where: str, record: dict) -> str | None:
     """A finished case must carry the per-step times it was judged by: seconds, finite and > 0."""
-    if "metrics" not in record or "samples" not in record:
-        return f"{where}: status 'ok' without metrics and samples"
+    absent = [field for field in ("metrics", "samples") if field not in record]
+    if absent:
+        return f"{where}: status 'ok' without {' and '.join(absent)}"
     samples = record["samples"]
     for key in TIMING:
         values = samples.get(key)
@@ -360,9 +361,9 @@ def round_ratios(base: list[float], cand: list[float], base_groups: list[int] | 
 def code_verdict(timing: Verdict, base_code: dict | None, cand_code: dict | None) -> Verdict:
     """The timing verdict, unless another implementation ran: then CHANGED (metric "code"), keeping
     the medians and ratio as information and naming the steps whose implementation differs."""
-    if base_code is None or cand_code is None:
-        where = "either run" if base_code is None and cand_code is None else \
-            "the baseline" if base_code is None else "the candidate"
+    unrecorded = [name for name, code in (("baseline", base_code), ("candidate", cand_code)) if code is None]
+    if unrecorded:
+        where = "either run" if len(unrecorded) == 2 else f"the {unrecorded[0]}"
         return replace(timing, note=_join(timing.note, f"code not recorded in {where}"))
     differs = code_differences(base_code, cand_code)
     if not differs:
