@@ -116,8 +116,10 @@ def _results_file(path: Path) -> Path:
             raise NotComparable(f"{path}: expected one results file (*.jsonl) in this folder, found {len(files)}; "
                                 "name the file")
         path = files[0]
-    if not path.is_file():
+    if not path.exists():
         raise NotComparable(f"{path}: no such results file")
+    if not path.is_file():  # a device or a pipe: reading it could block or never end
+        raise NotComparable(f"{path}: not a regular file; name a results file (*.jsonl)")
     return path
 
 
