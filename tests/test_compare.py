@@ -2,6 +2,9 @@
 
 import html.parser
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -247,6 +250,15 @@ def test_cli_malformed_record_exits_2_naming_file_and_line(tmp_path, bad_line):
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit), "a traceback, not a message"  # not a crash
     assert f"{cand}:3: " in result.output, result.output
+
+
+def test_cli_a_pipe_named_as_a_results_file_is_refused_not_read_forever(tmp_path):
+    base = write(tmp_path / "b.jsonl", [run_record(), case_record("a", noisy(1.0))])
+    pipe = tmp_path / "pipe.jsonl"
+    os.mkfifo(pipe)
+    proc = subprocess.run([sys.executable, "-m", "moebench.cli", "compare", base, str(pipe)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"{pipe}: not a regular file" in proc.stderr, proc.stderr
 
 
 def test_load_run_skips_a_torn_last_line_and_keeps_the_last_record_of_a_case(tmp_path):
