@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from moebench import stats
-from moebench.store import ResultWriter, read_records
+from moebench.compare import load_run
+from moebench.store import ResultWriter
 
 # TESTING HOOK (bench.py): busy-waits this extra fraction of every timed step. Never set in real runs.
 INJECT_ENV = "MOEBENCH_INJECT_SLOWDOWN"
@@ -81,17 +82,20 @@ def merge_rounds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     record (counters, spec) with every round's raw samples concatenated into samples.latency_s,
     samples.round labelling each sample with its round, metrics.latency_s the median of them all,
     and the status of the first round that did not finish ok (a failure in any round is a failure).
+    A round with no record of the case (its run stopped early) counts as that case crashing there.
     """
     if not runs:
         raise ValueError("merge_rounds needs at least one round")
     run_record = dict(next(r for r in runs[0] if r.get("type") == "run"))
     run_record["rounds"] = len(runs)
     merged: dict[str, dict[str, Any]] = {}
+    rounds_seen: dict[str, set[int]] = {}
     for r, records in enumerate(runs):
         for rec in records:
             if rec.get("type") != "case":
                 continue
             case_id = rec["case_id"]
+            rounds_seen.setdefault(case_id, set()).add(r)
             raw = rec.get("samples") or {}
             samples = raw.get("latency_s") or []
             if case_id not in merged:
@@ -108,7 +112,10 @@ def merge_rounds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             out["round_medians"].append(stats.median(samples) if samples else None)
             if rec.get("status") != "ok" and out.get("status") == "ok":
                 out["status"], out["error"] = rec["status"], f"round {r}: {rec.get('error')}"
-    for rec in merged.values():
+    for case_id, rec in merged.items():
+        absent = [r for r in range(len(runs)) if r not in rounds_seen[case_id]]
+        if absent and rec.get("status") == "ok":  # missing evidence is never judged as if complete
+            rec["status"], rec["error"] = "crashed", f"round {absent[0]}: no record of this case (the run stopped)"
         if rec["samples"]["latency_s"]:
             rec["metrics"]["latency_s"] = stats.median(rec["samples"]["latency_s"])
     return [run_record, *merged.values()]
@@ -141,7 +148,7 @@ def cli_runner(suite_path: Path, out_dir: Path, threads: int, device: str = "cpu
         if proc.returncode not in (0, 1) or not files:  # 1 = a case failed: its record says which
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
             raise ABError(f"the {side.name} run (round {r}, {side.tree}) exited {proc.returncode}:\n{tail}")
-        records = list(read_records(files[-1]))
+        records = load_run(files[-1])  # checked record by record: a bad one is exit 2 naming FILE:LINE
         check_side(side, records)
         return records
 

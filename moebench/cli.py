@@ -189,9 +189,13 @@ def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) ->
 @click.option("--all", "show_all", is_flag=True, help="Also list counters that did not change.")
 def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inject_slowdown, threshold, alpha,
                 metric, fmt, show_all) -> None:
-    """Verdicts per case: SLOW / FAST / SAME / AMBIGUOUS for latency, exact checks of counters.
+    """Verdicts per case: SLOW / FAST / SAME / AMBIGUOUS for latency, exact checks of counters,
+    CHANGED when the code that ran differs, MISSING for a baseline case the candidate lacks (NEW: the
+    other way round, informational).
 
-    Exit 1 if anything is SLOW, a counter CHANGED or a case FAILED; exit 2 if the runs are not comparable."""
+    Exit 1 if anything is SLOW, CHANGED, FAILED or MISSING, or no case could be compared on timing;
+    exit 2 if the runs are not comparable (the baseline has no finished case, suite, device...) or a
+    results file holds a malformed record (named FILE:LINE)."""
     from datetime import datetime, timezone
     from pathlib import Path
 

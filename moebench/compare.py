@@ -1,4 +1,5 @@
-"""Baseline vs candidate verdicts for CI: is any case slower, and did any deterministic counter move?
+"""Baseline vs candidate verdicts for CI: is any case slower, did any deterministic counter move,
+did the code that ran change, and is any case's evidence missing?
 
 Timing (the raw per-step samples of each case: `samples.cpu_s` where both runs have them, else
 `samples.latency_s`; see timing_key) gets one of four verdicts, with r the ratio of
@@ -18,44 +19,60 @@ the threshold. In an A/B run (abtest.py) samples within one process share that p
 round to point the same way makes the process, not the sample, the unit that must agree.
 README "CI regression gate" has the false-alarm rate and power this rule measured.
 
+A timing verdict compares one implementation with itself. Case records name the implementation
+that ran each step (`code`, e.g. {"experts": "onednn", "candidate_topk": "native_c"}); when both
+records carry it and it differs, the timing verdict is CHANGED (metric "code", the note names the
+steps), never SLOW or FAST: the same code did not run twice. Records without `code` (written before
+it existed) are timed as before, with the note "code not recorded".
+
 Deterministic counters (for the same workload seed) are compared exactly: `flops`, `drop_rate`,
 `tokens_dropped_frac`, `capacity`, `params`, `trainable_params` and the expert loads (`loads`).
-Any difference is CHANGED. A case that ran in the baseline and failed in the candidate is FAILED.
-SLOW, CHANGED and FAILED fail the gate (exit 1).
+Any difference is CHANGED. A case that ran in the baseline and failed in the candidate is FAILED; a
+case of the baseline with no record in the candidate is MISSING; a case only the candidate has is
+NEW (informational). SLOW, CHANGED, FAILED and MISSING fail the gate (exit 1), and so does a
+comparison in which no case was compared on timing: missing evidence is never a pass.
 
 Two runs are comparable only if they share the schema, the suite, the device and, case by case, the
-dtype, and have at least one case in common; otherwise `NotComparable` (exit 2) says why.
+dtype, and the baseline has at least one finished case; otherwise `NotComparable` (exit 2) says why.
+load_run refuses a results file holding a record compare cannot use (`BadRecord`, exit 2), naming
+the file and line.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+import string
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from moebench import stats
-from moebench.store import read_records
+from moebench.store import CASE_STATUSES, SCHEMA_VERSION
 
 TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
-FAILING = ("SLOW", "CHANGED", "FAILED")
+FAILING = ("SLOW", "CHANGED", "FAILED", "MISSING")
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_ALPHA = 0.01
 
 
 class NotComparable(ValueError):
-    """The two runs cannot be compared (different suite, device, dtype, schema, no common case)."""
+    """The two runs cannot be compared (different suite, device, dtype, schema, no finished baseline case)."""
+
+
+class BadRecord(ValueError):
+    """A results file holds a line compare cannot use; the message starts with FILE:LINE."""
 
 
 @dataclass(frozen=True)
 class Verdict:
     case_id: str
-    metric: str  # "latency_s" or "cpu_s" for timing; a counter name, "loads" or "status" otherwise
-    verdict: str  # SLOW | FAST | SAME | AMBIGUOUS | EQUAL | CHANGED | FAILED | SKIPPED
-    baseline: Any = None  # median seconds for timing, the value for counters
+    metric: str  # "latency_s" or "cpu_s" for timing; "code"; a counter name, "loads" or "status" otherwise
+    verdict: str  # SLOW | FAST | SAME | AMBIGUOUS | EQUAL | CHANGED | FAILED | MISSING | NEW | SKIPPED
+    baseline: Any = None  # median seconds for timing (and "code"), the value for counters, the status
     candidate: Any = None
     ratio: float | None = None
     ci_low: float | None = None
@@ -69,10 +86,30 @@ class Verdict:
     def fails(self) -> bool:
         return self.verdict in FAILING
 
+    @property
+    def timed(self) -> bool:
+        """Whether this is a timing verdict backed by statistics (at least 2 samples a side)."""
+        return self.metric in TIMING and self.ratio is not None
+
+
+# --- reading --------------------------------------------------------------------------------------
 
 def load_run(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of one results file (or of the only *.jsonl in a folder)."""
-    path = Path(path)
+    """Every record of one results file (or of the only *.jsonl in a folder), each checked by
+    record_problem; the first unusable line raises BadRecord naming FILE:LINE."""
+    path = _results_file(Path(path))
+    records = []
+    for lineno, record in _json_lines(path):
+        problem = record_problem(record)
+        if problem:
+            raise BadRecord(f"{path}:{lineno}: {problem}")
+        records.append(record)
+    if not any(r["type"] == "run" for r in records):
+        raise NotComparable(f"{path}: no run record (is this a moebench results file?)")
+    return records
+
+
+def _results_file(path: Path) -> Path:
     if path.is_dir():
         files = sorted(path.glob("*.jsonl"))
         if len(files) != 1:
@@ -81,16 +118,123 @@ def load_run(path: str | Path) -> list[dict[str, Any]]:
         path = files[0]
     if not path.exists():
         raise NotComparable(f"{path}: no such results file")
-    records = list(read_records(path))
-    if not any(r.get("type") == "run" for r in records):
-        raise NotComparable(f"{path}: no run record (is this a moebench results file?)")
-    return records
+    if not path.is_file():  # a device or a pipe: reading it could block or never end
+        raise NotComparable(f"{path}: not a regular file; name a results file (*.jsonl)")
+    return path
 
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of every non-blank line. The last line is skipped when it has no
+    newline and does not parse: the writer puts a record and its newline in one write, so that is
+    the record a kill cut short. Any other line that does not parse is a BadRecord."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise NotComparable(f"{path}: cannot read ({err.strerror})") from None
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, absurd nesting
+            if i == len(lines) - 1:
+                continue
+            reason = f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) else type(err).__name__
+            raise BadRecord(f"{path}:{i + 1}: not a JSON record ({reason})") from None
+        yield i + 1, record
+
+
+def record_problem(record: Any) -> str | None:
+    """What makes one line's record unusable for compare, or None if compare can use it."""
+    if not isinstance(record, dict):
+        return f"a JSON {_json_kind(record)} where a record (a JSON object) belongs"
+    if record.get("schema") != SCHEMA_VERSION:
+        return f"schema {record.get('schema')!r}; this moebench reads schema {SCHEMA_VERSION}"
+    kind = record.get("type")
+    if kind == "run":
+        return _run_problem(record)
+    if kind == "case":
+        return _case_problem(record)
+    if not isinstance(kind, str):
+        return f"type {kind!r}: a record's type is a string such as 'run' or 'case'"
+    return None  # another kind of record: compare does not read it
+
+
+def _run_problem(record: dict) -> str | None:
+    if not isinstance(record.get("suite"), str):
+        return f"run record: suite {record.get('suite')!r} is not a string"
+    if not isinstance(record.get("options", {}), dict):
+        return "run record: options is not a JSON object"
+    return None
+
+
+def _case_problem(record: dict) -> str | None:
+    case_id = record.get("case_id")
+    if not isinstance(case_id, str) or not case_id:
+        return f"case record: case_id {case_id!r} is not a non-empty string"
+    where = f"case {case_id!r}"
+    status = record.get("status")
+    if status not in CASE_STATUSES:
+        return f"{where}: status {status!r}; allowed: {', '.join(CASE_STATUSES)}"
+    if not isinstance(record.get("error"), (str, type(None))):
+        return f"{where}: error is neither a string nor null"
+    for field in ("spec", "workload", "metrics", "samples", "code"):
+        if not isinstance(record.get(field, {}), dict):
+            return f"{where}: {field} is not a JSON object"
+    code = record.get("code") or {}
+    if not all(isinstance(v, str) for v in code.values()):
+        return f"{where}: code must map each step to the name of its implementation (a string)"
+    if status == "ok":
+        return _ok_samples_problem(where, record)
+    return None
+
+
+def _ok_samples_problem(where: str, record: dict) -> str | None:
+    """A finished case must carry the per-step times it was judged by: seconds, finite and > 0."""
+    absent = [field for field in ("metrics", "samples") if field not in record]
+    if absent:
+        return f"{where}: status 'ok' without {' and '.join(absent)}"
+    samples = record["samples"]
+    for key in TIMING:
+        values = samples.get(key)
+        required = key == "latency_s"  # cpu_s is absent from records older than it
+        if values is None and not required:
+            continue
+        if not isinstance(values, list) or (required and not values) or not all(map(_is_duration, values)):
+            return (f"{where}: samples.{key} must be a {'non-empty ' if required else ''}list of finite positive "
+                    f"numbers (seconds) for status 'ok'; found {_short(values)}")
+    rounds = samples.get("round")
+    if rounds is not None and not (isinstance(rounds, list) and all(_is_round(r) for r in rounds)):
+        return f"{where}: samples.round must be a list of round numbers (integers >= 0); found {_short(rounds)}"
+    return None
+
+
+def _is_duration(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _is_round(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((list, "array"), (str, "string"), (bool, "boolean"), ((int, float), "number"))
+    return next((name for cls, name in kinds if isinstance(value, cls)), "null")
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+# --- verdicts -------------------------------------------------------------------------------------
 
 def compare_runs(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]],
                  threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
                  seed: int = 0, metric: str = "auto") -> list[Verdict]:
-    """Verdicts for every case the two runs share: timing first, then counters that moved or matched."""
+    """Verdicts for every case of the baseline (MISSING where the candidate has none), then NEW for
+    the candidate's own cases. Records are those load_run accepts (or abtest.merge_rounds makes)."""
     if not threshold > 0 or not 0 < alpha < 1:
         raise ValueError(f"threshold={threshold}, alpha={alpha}: need threshold > 0 and 0 < alpha < 1")
     base_cases, cand_cases = check_comparable(baseline, candidate)
@@ -98,22 +242,30 @@ def compare_runs(baseline: list[dict[str, Any]], candidate: list[dict[str, Any]]
     for case_id, b in base_cases.items():
         c = cand_cases.get(case_id)
         if c is None:
-            continue
-        if c["status"] != "ok":
-            first_line = (c.get("error") or "").splitlines()[:1]
-            note = f"{c['status']}: {first_line[0] if first_line else ''}"
-            verdicts.append(Verdict(case_id, "status", "FAILED" if b["status"] == "ok" else "SKIPPED",
-                                    b["status"], c["status"], note=note))
-            continue
-        if b["status"] != "ok":
-            verdicts.append(Verdict(case_id, "status", "SKIPPED", b["status"], c["status"],
-                                    note="the baseline case did not finish"))
-            continue
-        key = timing_key(b, c, metric)
-        verdicts.append(timing_verdict(case_id, _samples(b, key), _samples(c, key), threshold, alpha, seed,
-                                       _groups(b, key), _groups(c, key), metric=key))
-        verdicts.extend(counter_verdicts(case_id, b, c))
+            verdicts.append(Verdict(case_id, "status", "MISSING", b["status"], None,
+                                    note="no record of this case in the candidate"))
+        else:
+            verdicts.extend(case_verdicts(case_id, b, c, threshold, alpha, seed, metric))
+    verdicts.extend(Verdict(case_id, "status", "NEW", None, c["status"], note="not in the baseline")
+                    for case_id, c in cand_cases.items() if case_id not in base_cases)
     return verdicts
+
+
+def case_verdicts(case_id: str, b: dict, c: dict, threshold: float, alpha: float, seed: int = 0,
+                  metric: str = "auto") -> list[Verdict]:
+    """One case present in both runs: its status, or its timing (or code) verdict and its counters."""
+    if c["status"] != "ok":
+        first_line = (c.get("error") or "").splitlines()[:1]
+        note = f"{c['status']}: {first_line[0] if first_line else ''}"
+        return [Verdict(case_id, "status", "FAILED" if b["status"] == "ok" else "SKIPPED",
+                        b["status"], c["status"], note=note)]
+    if b["status"] != "ok":
+        return [Verdict(case_id, "status", "SKIPPED", b["status"], c["status"],
+                        note="the baseline case did not finish")]
+    key = timing_key(b, c, metric)
+    timing = timing_verdict(case_id, _samples(b, key), _samples(c, key), threshold, alpha, seed,
+                            _groups(b, key), _groups(c, key), metric=key)
+    return [code_verdict(timing, b.get("code"), c.get("code")), *counter_verdicts(case_id, b, c)]
 
 
 def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -132,10 +284,11 @@ def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[
                                 f"candidate {get(cand_run)!r}")
     base_cases = _cases(baseline)
     cand_cases = _cases(candidate)
-    common = [k for k in base_cases if k in cand_cases]
-    if not common:
-        raise NotComparable(f"the runs share no case (baseline has {len(base_cases)}, candidate {len(cand_cases)})")
-    for case_id in common:
+    if not any(r["status"] == "ok" for r in base_cases.values()):
+        # Nothing to measure the candidate against; a gate must not read that as a pass.
+        raise NotComparable(f"the baseline has no finished case ({len(base_cases)} case records, "
+                            "none with status 'ok')")
+    for case_id in (k for k in base_cases if k in cand_cases):
         b_dtype = base_cases[case_id].get("spec", {}).get("dtype")
         c_dtype = cand_cases[case_id].get("spec", {}).get("dtype")
         if b_dtype != c_dtype:
@@ -144,6 +297,8 @@ def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[
 
 
 def _cases(records: Iterable[dict]) -> dict[str, dict]:
+    # A later record of a case replaces an earlier one: `run --resume` appends a retry of a failed
+    # case to the same file, and the retry is the case's result.
     return {r["case_id"]: r for r in records if r.get("type") == "case"}
 
 
@@ -205,6 +360,29 @@ def round_ratios(base: list[float], cand: list[float], base_groups: list[int] | 
     return [stats.median(c) / stats.median(b) for _, (b, c) in sorted(by_round.items()) if b and c]
 
 
+def code_verdict(timing: Verdict, base_code: dict | None, cand_code: dict | None) -> Verdict:
+    """The timing verdict, unless another implementation ran: then CHANGED (metric "code"), keeping
+    the medians and ratio as information and naming the steps whose implementation differs."""
+    unrecorded = [name for name, code in (("baseline", base_code), ("candidate", cand_code)) if code is None]
+    if unrecorded:
+        where = "either run" if len(unrecorded) == 2 else f"the {unrecorded[0]}"
+        return replace(timing, note=_join(timing.note, f"code not recorded in {where}"))
+    differs = code_differences(base_code, cand_code)
+    if not differs:
+        return timing
+    return replace(timing, metric="code", verdict="CHANGED", note=f"code differs: {differs}")
+
+
+def code_differences(base_code: dict[str, str], cand_code: dict[str, str]) -> str:
+    """'step: baseline impl -> candidate impl' for every step that differs, '(none)' where a side lacks it."""
+    steps = sorted(k for k in base_code.keys() | cand_code.keys() if base_code.get(k) != cand_code.get(k))
+    return ", ".join(f"{s}: {base_code.get(s, '(none)')} -> {cand_code.get(s, '(none)')}" for s in steps)
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
 def counter_verdicts(case_id: str, base: dict, cand: dict) -> list[Verdict]:
     """Exact comparison of the deterministic counters; skipped when the workload seeds differ."""
     if (base.get("workload") or {}).get("seed") != (cand.get("workload") or {}).get("seed"):
@@ -221,7 +399,8 @@ def counter_verdicts(case_id: str, base: dict, cand: dict) -> list[Verdict]:
 
 
 def gate_failed(verdicts: list[Verdict]) -> bool:
-    return any(v.fails for v in verdicts)
+    """FAIL when any verdict fails, and when no case was compared on timing: no evidence is no pass."""
+    return any(v.fails for v in verdicts) or not any(v.timed for v in verdicts)
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -238,22 +417,33 @@ def _fmt_value(x: Any) -> str:
     if isinstance(x, list):
         text = json.dumps(x)
         return text if len(text) <= 40 else text[:37] + "..."
-    return "-" if x is None else str(x)
+    return "-" if x is None else _printable(str(x))
+
+
+def _printable(text: str) -> str:
+    """text on one visible line: control, invisible-format and line-separator characters (newlines,
+    terminal escapes, bidi overrides) are written as Python escapes such as \\n or \\u202e."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp") else ch
+                   for ch in text)
 
 
 def _rows(verdicts: list[Verdict], everything: bool) -> list[Verdict]:
-    """Timing verdicts always; counters only when they changed (unless everything)."""
+    """Timing, code and status verdicts always; counters only when they changed (unless everything)."""
     return [v for v in verdicts if everything or v.metric in TIMING + ("status",) or v.verdict != "EQUAL"]
 
 
-def summary_line(verdicts: list[Verdict]) -> str:
+def summary_line(verdicts: list[Verdict], name_cases: bool = True) -> str:
+    """PASS or FAIL, the count of each verdict, and (name_cases) the failing cases."""
     counts: dict[str, int] = {}
     for v in verdicts:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
-    shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no verdicts"
     failing = sorted({v.case_id for v in verdicts if v.fails})
-    head = "FAIL" if failing else "PASS"
-    tail = f"; failing cases: {', '.join(failing)}" if failing else ""
+    head = "FAIL" if gate_failed(verdicts) else "PASS"
+    tail = "" if failing or any(v.timed for v in verdicts) else "; no case was compared on timing"
+    if failing and name_cases:
+        tail += f"; failing cases: {', '.join(_printable(c) for c in failing)}"
     return f"{head}: {shown}{tail}"
 
 
@@ -263,31 +453,53 @@ def format_table(verdicts: list[Verdict], everything: bool = False) -> str:
     lines = [header, "-" * len(header)]
     for v in _rows(verdicts, everything):
         ratio, ci, p = _fmt_ratio(v)
-        lines.append(f"{v.case_id[:56]:<56} {v.metric:<18} {v.verdict:<9} {_fmt_value(v.baseline):>12} "
-                     f"{_fmt_value(v.candidate):>12} {ratio:>6} {ci:>16} {p:>8}" + (f"  {v.note}" if v.note else ""))
+        note = _printable(v.note)
+        lines.append(f"{_printable(v.case_id)[:56]:<56} {v.metric:<18} {v.verdict:<9} {_fmt_value(v.baseline):>12} "
+                     f"{_fmt_value(v.candidate):>12} {ratio:>6} {ci:>16} {p:>8}" + (f"  {note}" if note else ""))
     lines.append(summary_line(verdicts))
     return "\n".join(lines)
 
 
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    """Text that Markdown (GitHub's included) shows as itself: one line, every ASCII punctuation
+    character backslash-escaped (emphasis, code, links, images, table pipes, strikethrough,
+    autolinks) and < > & as entities (HTML)."""
+    return "".join(_HTML_ENTITIES.get(ch) or ("\\" + ch if ch in string.punctuation else ch)
+                   for ch in _printable(text))
+
+
+def _md_text(text: str) -> str:
+    """Text from a results file (a case id, a note, a value) in a Markdown table cell: escaped, and
+    inside <code> because GitHub links @mentions, #refs and :emoji: in rendered text but not in code."""
+    return f"<code>{_md_escape(text)}</code>" if text else ""
 
 
 def format_markdown(verdicts: list[Verdict], threshold: float, alpha: float, title: str = "moebench gate",
                     everything: bool = False) -> str:
     mark = {"SLOW": ":red_circle: SLOW", "CHANGED": ":red_circle: CHANGED", "FAILED": ":red_circle: FAILED",
-            "FAST": ":green_circle: FAST", "AMBIGUOUS": ":yellow_circle: AMBIGUOUS"}
-    lines = [f"### {_md_escape(title)}: {_md_escape(summary_line(verdicts))}", "",
+            "MISSING": ":red_circle: MISSING", "FAST": ":green_circle: FAST",
+            "AMBIGUOUS": ":yellow_circle: AMBIGUOUS"}
+    # The heading names no case (the table's rows do, escaped), so its summary is moebench's own words.
+    lines = [f"### {_md_escape(title)}: {summary_line(verdicts, name_cases=False)}", "",
              f"Threshold {threshold:.0%}, alpha {alpha:g}. SLOW needs the ratio past the threshold, "
              "Mann-Whitney p < alpha and the CI's lower bound past half the threshold.", "",
-             "| case | metric | verdict | baseline | candidate | ratio | 95% CI | p |",
-             "|---|---|---|---:|---:|---:|---|---:|"]
+             "| case | metric | verdict | baseline | candidate | ratio | 95% CI | p | note |",
+             "|---|---|---|---:|---:|---:|---|---:|---|"]
     for v in _rows(verdicts, everything):
         ratio, ci, p = _fmt_ratio(v)
-        cells = [v.case_id, v.metric, mark.get(v.verdict, v.verdict), _fmt_value(v.baseline),
-                 _fmt_value(v.candidate), ratio, ci, p]
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        cells = [_md_text(v.case_id), v.metric, mark.get(v.verdict, v.verdict), _md_value(v.baseline),
+                 _md_value(v.candidate), ratio, ci, p, _md_text(v.note)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _md_value(x: Any) -> str:
+    """Numbers as moebench formats them; anything else read from a file goes through _md_text."""
+    text = _fmt_value(x)
+    return text if x is None or isinstance(x, (int, float)) and not isinstance(x, bool) else _md_text(text)
 
 
 def format_json(verdicts: list[Verdict], threshold: float, alpha: float) -> str:
