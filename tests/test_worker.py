@@ -3,10 +3,12 @@
 Real runs (tests/live_run.py: `moebench run` in a session of its own) and real signals; nothing mocked.
 """
 
+import contextlib
 import os
 import signal
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from live_run import MARKED_ENDLESS_SUITE, LiveRun
@@ -82,3 +84,53 @@ def test_a_cpu_allocation_the_machine_cannot_make_is_oom(tmp_path):
 def test_each_death_of_a_worker_gets_a_status_and_a_message_naming_it(exitcode, oom_killed, status, words):
     assert death_status(exitcode, 2.0, oom_killed, "its memory cgroup /x")[0] == status
     assert words in death_status(exitcode, 2.0, oom_killed, "its memory cgroup /x")[1]
+
+
+@contextlib.contextmanager
+def memory_limited_cgroup(limit_bytes: int):
+    """A child of this process's memory cgroup (v1, or v2 where delegated) with a memory limit, so the
+    kernel's OOM killer acts inside it only; the test is skipped where this process may not make one."""
+    lines = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    v1 = [path for _, controllers, path in lines if "memory" in controllers.split(",")]
+    if v1:
+        parent, limit_file = Path("/sys/fs/cgroup/memory", v1[0].lstrip("/")), "memory.limit_in_bytes"
+    else:
+        parent, limit_file = Path("/sys/fs/cgroup", lines[0][2].lstrip("/")), "memory.max"
+    group = parent / f"moebench-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / limit_file).write_text(str(limit_bytes))
+    except OSError as err:
+        if group.exists():
+            group.rmdir()
+        pytest.skip(f"no memory-limited cgroup can be made here: {err}")
+    try:
+        yield group
+    finally:
+        deadline = time.monotonic() + 10
+        while group.exists():
+            try:
+                group.rmdir()
+            except OSError:  # its last processes are still leaving
+                assert time.monotonic() < deadline, f"cgroup {group} still busy"
+                time.sleep(0.1)
+
+
+def test_the_kernel_oom_killer_ending_the_worker_is_oom_and_says_how_moebench_knows(tmp_path):
+    """A case whose weights (3.2 GB) exceed its cgroup's limit (1.5 GB): the kernel's OOM killer, not
+    torch, ends it, inside that cgroup only."""
+    suite = """
+        base: {d_model: 1024, d_ff: 4096, n_experts: 64, top_k: 2}
+        workload: {tokens: 4}
+        measure: {warmup: 1, min_samples: 1, max_samples: 1, phases: false, memory: false, ceiling: false}
+    """
+    with memory_limited_cgroup(1536 * 2**20) as group:
+        with LiveRun(tmp_path, suite) as run:
+            (group / "cgroup.procs").write_text(str(run.proc.pid))  # long before it starts its worker
+            code, _, err = run.finish(within=120)
+            records = run.case_records()
+    assert code == 1, err
+    (record,) = records
+    assert record["status"] == "oom", record["error"]
+    assert "out-of-memory killer" in record["error"] and "oom_kill counter of its memory cgroup" in record["error"]
+    assert group.name in record["error"]
