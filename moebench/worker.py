@@ -31,6 +31,7 @@ from typing import Any
 
 from moebench.suite import Case
 
+LONGEST_TIMER_S = 1e8  # about 3 years; setitimer refuses much longer times on some platforms
 READY_TIMEOUT_S = 300  # the worker's imports (torch: seconds) never count against a case's timeout
 
 
@@ -357,8 +358,10 @@ def _own_timeout(timeout_s: float) -> Iterator[None]:
     if not hasattr(signal, "setitimer"):
         yield
         return
+    seconds = timeout_s + watchdog_margin(timeout_s)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s + watchdog_margin(timeout_s))
+    # A timer past what setitimer takes (an infinite timeout) would be an error, not a longer wait.
+    signal.setitimer(signal.ITIMER_REAL, seconds if seconds < LONGEST_TIMER_S else LONGEST_TIMER_S)
     try:
         yield
     finally:
