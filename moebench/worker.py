@@ -77,7 +77,8 @@ class Worker:
             self._start()
         oom_kills_before = self.oom_kills.read() if self.oom_kills is not None else None
         self.idle = False
-        self.conn.send(case)
+        with contextlib.suppress(OSError):  # it died just now: _await_record says how
+            self.conn.send(case)
         record = self._await_record(case.measure.timeout_s, oom_kills_before)
         self.idle = self.process is not None
         return record
@@ -94,7 +95,7 @@ class Worker:
                 return self._death_record(self._reap(), timeout, oom_kills_before)
             if time.monotonic() - started > timeout:
                 exitcode = self._reap(kill=True)
-                if exitcode != -signal.SIGKILL:  # it ended by itself since the check above (this process was stopped?)
+                if exitcode != -signal.SIGKILL:  # it ended by itself since the check above (were we stopped?)
                     return self._death_record(exitcode, timeout, oom_kills_before)
                 return _failure("timeout", f"the case ran past its timeout of {timeout:g} s (measure.timeout_s); "
                                            "the runner killed its worker")
@@ -121,8 +122,9 @@ class Worker:
             self._reap(kill=True)
 
     def _reap(self, kill: bool = False) -> int | None:
-        """Wait for the worker to end (killing it first if asked); return its exit code."""
-        process, self.process, self.idle = self.process, None, False
+        """Wait for the worker to end (killing it first if asked); return its exit code. The worker is
+        forgotten only once reaped, so a stop signal cutting this short leaves close() to finish it."""
+        process = self.process
         if kill and process.is_alive():
             family = _descendants(process.pid)  # e.g. a compiler it runs: orphans once it is dead
             process.kill()
@@ -131,6 +133,7 @@ class Worker:
                     os.kill(pid, signal.SIGKILL)
         process.join()
         self.conn.close()
+        self.process, self.conn, self.idle = None, None, False
         return process.exitcode
 
 
@@ -205,7 +208,10 @@ def _ending(exitcode: int | None) -> str:
     if exitcode is None:
         return "did not end"
     if exitcode < 0:
-        sig = signal.Signals(-exitcode)
+        try:
+            sig = signal.Signals(-exitcode)
+        except ValueError:  # a real-time signal has no name
+            return f"died from signal {-exitcode}"
         return f"died from signal {sig.name} ({signal.strsignal(sig)})"
     return f"exited with code {exitcode}"
 
@@ -216,8 +222,8 @@ class OomKillCounter:
     memory.events (cgroup v2) or memory.oom_control (v1), else machine-wide in /proc/vmstat.
 
     Read before a case and after the worker's death: a rise means the OOM killer acted meanwhile.
-    A cgroup's counter can also count a kill of another process in the same cgroup; such a
-    coincidence with a SIGKILL of the worker is the one case this calls wrongly."""
+    The counter also counts kills of other processes in the same cgroup (or, machine-wide, anywhere):
+    such a kill at the moment someone SIGKILLs the worker is the one case this calls wrongly."""
 
     path: Path
     scope: str  # what the counter covers, for messages

@@ -79,6 +79,7 @@ def test_a_cpu_allocation_the_machine_cannot_make_is_oom(tmp_path):
     (-signal.SIGKILL, None, "crashed", "cannot tell"),
     (-signal.SIGSEGV, False, "crashed", "signal SIGSEGV"),
     (3, False, "crashed", "exited with code 3"),
+    (-40, False, "crashed", "died from signal 40"),
     (-signal.SIGALRM, False, "timeout", "timeout of 2 s"),
 ])
 def test_each_death_of_a_worker_gets_a_status_and_a_message_naming_it(exitcode, oom_killed, status, words):
