@@ -293,7 +293,15 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
     """Run SUITE (a bundled suite name or a path to a suite .yaml file)."""
     from pathlib import Path
 
-    from moebench.runner import EnvironmentProblem, RunOptions, check_device, run_suite, select_cases
+    from moebench.runner import (
+        EnvironmentProblem,
+        RunOptions,
+        RunStopped,
+        check_device,
+        run_suite,
+        select_cases,
+        stop_on_signals,
+    )
     from moebench.suite import load_suite
 
     loaded = load_suite(suite, overrides={"dtype": dtype} if dtype else None, device=device)
@@ -311,11 +319,22 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
         click.echo(f"moebench: environment problem: {err}", err=True)
         sys.exit(EXIT_ENVIRONMENT)
 
+    started: dict = {}
+
     def announce(event: str, data: dict) -> None:
         if event == "start":  # sent once the cases are selected: bad input has been refused by then
+            started.update(data)
             click.echo(f"suite {loaded.name}: {loaded.description} ({data['cases']} cases)", err=True)
 
-    summary = run_suite(loaded, options, on_event=announce)
+    try:
+        with stop_on_signals():  # SIGINT / SIGTERM: exit 130 / 143, the worker reaped, no traceback
+            summary = run_suite(loaded, options, on_event=announce)
+    except RunStopped as stop:
+        click.echo(f"moebench: {stop}: {_stopped_run(started)}", err=True)
+        sys.exit(128 + stop.signum)
+    except EnvironmentProblem as err:  # e.g. the worker process could not start
+        click.echo(f"moebench: environment problem: {err}", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
     click.echo(summary_table(summary.records))
     if summary.skipped:
         click.echo(f"{summary.skipped} cases already recorded in this run were skipped (--resume)")
@@ -323,6 +342,20 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
     if summary.failed:
         click.echo(f"{len(summary.failed)} of {len(summary.records)} cases failed", err=True)
         sys.exit(EXIT_CASE_FAILED)
+
+
+def _stopped_run(started: dict) -> str:
+    """What a stopped run leaves: how many cases are recorded where, and how to go on."""
+    from pathlib import Path
+
+    from moebench.runner import settle_results
+
+    if not started:
+        return "nothing was recorded"
+    recorded = settle_results(Path(started["path"]))
+    total = started["cases"] + started["skipped"]
+    return (f"{recorded} of {total} cases are recorded in {started['path']}; "
+            "run the same command with --resume to continue")
 
 
 def summary_table(records: list[dict]) -> str:

@@ -5,16 +5,19 @@ schedules, writes and reports, so whatever happens to a case (an exception, an o
 past its timeout, a segfault or the kernel's OOM killer) becomes that case's status and the suite
 goes on with a fresh worker. Each record is appended and fsync'ed as its case finishes (store.py),
 so killing the run loses at most the case in flight, and --resume skips every case already recorded.
+The worker never outlives the run (worker.py); under stop_on_signals, SIGINT and SIGTERM stop the run
+the same way, the worker reaped.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,10 +27,52 @@ import yaml
 
 from moebench.store import ResultWriter, finished_case_ids
 from moebench.suite import Case, Suite
+from moebench.worker import EnvironmentProblem, Worker
 
 
-class EnvironmentProblem(RuntimeError):
-    """The machine cannot run what was asked (e.g. --device cuda without CUDA): exit code 3."""
+class RunStopped(Exception):
+    """SIGINT or SIGTERM stopped the run (raised by stop_on_signals); the CLI exits with 128 + the signal."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM raise RunStopped in the main thread, once, so that run_suite's
+    cleanup (kill and reap the worker) runs instead of a traceback (SIGINT) or an orphaned worker
+    (SIGTERM). A signal that repeats during the cleanup is ignored rather than cutting it short."""
+    raised = False
+
+    def stop(signum, frame):
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise RunStopped(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers (and only it runs them)
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def settle_results(path: Path) -> int:
+    """After a stop: fsync the results file (the signal may have landed between an append's write and
+    its fsync) and return how many cases it records."""
+    if not path.exists():
+        return 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(finished_case_ids(path))
 
 
 @dataclass
@@ -140,89 +185,6 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
     finally:
         worker.close()
     return summary
-
-
-class Worker:
-    """A child process that runs cases; replaced whenever it dies or overruns a case's timeout."""
-
-    def __init__(self, device: str, threads: int):
-        self.device, self.threads = device, threads
-        self.process: mp.process.BaseProcess | None = None
-        self.conn = None
-
-    def _start(self) -> None:
-        ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
-        parent, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, self.device, self.threads), daemon=True)
-        self.process.start()
-        child.close()
-        self.conn = parent
-        # Wait for the worker's imports (torch: seconds) so they never count against a case's timeout.
-        if not parent.poll(300) or parent.recv() != "ready":
-            raise EnvironmentProblem("the benchmark worker process did not start")
-
-    def run(self, case: Case) -> dict[str, Any]:
-        if self.process is None or not self.process.is_alive():
-            self._start()
-        started = time.monotonic()
-        self.conn.send(case)
-        timeout = case.measure.timeout_s
-        while True:
-            if self.conn.poll(0.2):
-                try:
-                    return self.conn.recv()
-                except EOFError:
-                    pass  # died while answering: handled below
-            if not self.process.is_alive():
-                code = self.process.exitcode
-                self.process = None
-                if code == -9:
-                    return _failure("oom", "the worker was killed by SIGKILL while running this case "
-                                           "(the kernel's out-of-memory killer does this)")
-                return _failure("crashed", f"the worker process died with exit code {code}")
-            if time.monotonic() - started > timeout:
-                self.process.kill()
-                self.process.join()
-                self.process = None
-                return _failure("timeout", f"the case ran past its timeout of {timeout:g} s "
-                                           "(measure.timeout_s)")
-
-    def close(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.conn.send(None)
-            self.process.join(timeout=10)
-            if self.process.is_alive():
-                self.process.kill()
-
-
-def _worker_main(conn, device: str, threads: int) -> None:
-    import torch
-
-    from moebench.bench import run_case
-
-    torch.set_num_threads(threads)
-    conn.send("ready")
-    while True:
-        try:
-            case = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if case is None:
-            return
-        try:
-            record = {"status": "ok", "error": None, **run_case(case, device, threads)}
-        except torch.OutOfMemoryError as err:
-            record = _failure("oom", str(err).splitlines()[0])
-        except Exception as err:  # noqa: BLE001 - any failure of one case is that case's status
-            record = _failure("error", f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exc(limit=-3)))
-        finally:
-            if device == "cuda":
-                torch.cuda.empty_cache()
-        conn.send(record)
-
-
-def _failure(status: str, error: str) -> dict[str, Any]:
-    return {"status": status, "error": error, "metrics": {}, "samples": {}}
 
 
 def _now() -> str:

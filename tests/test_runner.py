@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import pytest
+from live_run import MARKED_ENDLESS_SUITE, LiveRun
 
 from moebench.runner import EnvironmentProblem, RunOptions, check_device, run_suite
 from moebench.store import load_results, read_records
@@ -96,3 +97,26 @@ def test_sigkill_then_resume_records_every_case_exactly_once(tmp_path):
     assert after[:len(before)] == before
     assert all(r["status"] == "ok" for r in read_records(results) if r["type"] == "case")
     assert json.loads(results.read_text().splitlines()[0])["type"] == "run"
+
+
+@pytest.mark.parametrize("sig, to_group, code", [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)])
+def test_sigint_and_sigterm_stop_the_run_cleanly(tmp_path, sig, to_group, code):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM to the runner alone
+    (as `kill` sends it), while a case is in flight: a one-line message, no traceback, the finished
+    records intact, and no process or temporary file left behind."""
+    with LiveRun(tmp_path, MARKED_ENDLESS_SUITE % 600) as run:
+        run.wait_for_cases(1)
+        time.sleep(0.5)  # for the second case to be under way
+        os.killpg(run.session, sig) if to_group else os.kill(run.proc.pid, sig)
+        returncode, _, err = run.finish()
+        left = run.wait_until_gone(run.processes(), within=5)
+        leftovers = list(run.tmpdir.iterdir())
+        results = run.results()
+    assert returncode == code, err
+    assert "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert f"stopped by {sig.name}: 1 of 2 cases are recorded in {results}" in message and "--resume" in message
+    lines = results.read_text().splitlines(keepends=True)
+    assert [json.loads(line)["type"] for line in lines] == ["run", "case"] and lines[-1].endswith("\n")
+    assert left == set(), f"left running: {run.processes()}"
+    assert leftovers == []
