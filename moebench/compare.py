@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from moebench import stats
-from moebench.store import read_records
+from moebench.store import latest_case_records, read_records
 
 TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
@@ -144,7 +144,7 @@ def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[
 
 
 def _cases(records: Iterable[dict]) -> dict[str, dict]:
-    return {r["case_id"]: r for r in records if r.get("type") == "case"}
+    return latest_case_records(records)  # a case retried by --resume: its last record counts
 
 
 def timing_key(base: dict, cand: dict, metric: str = "auto") -> str:
