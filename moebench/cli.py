@@ -6,6 +6,7 @@ Exit codes (DESIGN.md): 0 ok, 1 regression found or a case failed, 2 bad input, 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -278,8 +279,10 @@ EXIT_ENVIRONMENT = 3
               help="Override every case's dtype.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Folder the results file (JSONL) is written to.")
-@click.option("--resume", is_flag=True, help="Continue the newest earlier run of this suite in --out, "
-              "skipping cases it already recorded.")
+@click.option("--resume", is_flag=True,
+              help="Continue the newest earlier run of this suite on this --device in --out: skip its ok "
+                   "cases, run the failed ones again. Refused (exit 2) if that run had another suite file, "
+                   "--dtype or --threads; with no earlier run, a new run starts (and says so).")
 @click.option("--filter", "filters", multiple=True, metavar="EXPR",
               help="Keep cases where key=value holds (or whose id contains EXPR); repeatable, all must match.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -290,11 +293,12 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
     from pathlib import Path
 
     from moebench.runner import EnvironmentProblem, RunOptions, check_device, run_suite, select_cases
+    from moebench.store import ResultsWriteError
     from moebench.suite import load_suite
 
     loaded = load_suite(suite, overrides={"dtype": dtype} if dtype else None, device=device)
     options = RunOptions(device=device, out_dir=Path(out_dir), resume=resume, filters=tuple(filters),
-                         threads=threads)
+                         threads=threads, dtype=dtype)
     if dry_run:
         cases = select_cases(loaded.cases, options.filters)
         for case in cases:
@@ -310,11 +314,19 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
     def announce(event: str, data: dict) -> None:
         if event == "start":  # sent once the cases are selected: bad input has been refused by then
             click.echo(f"suite {loaded.name}: {loaded.description} ({data['cases']} cases)", err=True)
+            if resume:
+                click.echo(f"--resume: continuing {data['path']}" if data["resumed"] else
+                           f"--resume: no earlier run of {loaded.name} on {device} in {out_dir}; starting a new run",
+                           err=True)
 
-    summary = run_suite(loaded, options, on_event=announce)
+    try:
+        summary = run_suite(loaded, options, on_event=announce)
+    except (EnvironmentProblem, ResultsWriteError) as err:  # e.g. a full disk: no case's fault, exit 3
+        click.echo(f"moebench: environment problem: {err}", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
     click.echo(summary_table(summary.records))
     if summary.skipped:
-        click.echo(f"{summary.skipped} cases already recorded in this run were skipped (--resume)")
+        click.echo(f"{summary.skipped} cases already finished ok in this run were skipped (--resume)")
     click.echo(f"results: {summary.path}")
     if summary.failed:
         click.echo(f"{len(summary.failed)} of {len(summary.records)} cases failed", err=True)
@@ -339,7 +351,13 @@ def summary_table(records: list[dict]) -> str:
 
 
 def main() -> None:
+    warnings.showwarning = _show_warning
     cli(prog_name="moebench")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. a torn line set aside) as one line on stderr, like the errors, without source lines."""
+    click.echo(f"moebench: warning: {message}", err=True)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,18 @@ Cases run one at a time in a worker process (started once, torch imported once).
 schedules, writes and reports, so whatever happens to a case (an exception, an out-of-memory, a hang
 past its timeout, a segfault or the kernel's OOM killer) becomes that case's status and the suite
 goes on with a fresh worker. Each record is appended and fsync'ed as its case finishes (store.py),
-so killing the run loses at most the case in flight, and --resume skips every case already recorded.
+so killing the run loses at most the case in flight. --resume continues the newest earlier run of the
+suite on the same device (results_file_for), runs again every case whose latest record is not ok, and
+refuses a run made under other conditions (ResumeRefused).
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
 import traceback
@@ -22,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from moebench.store import ResultWriter, finished_case_ids
+from moebench.store import ResultsWriteError, ResultWriter, finished_case_ids, read_records
 from moebench.suite import Case, Suite
 
 
@@ -30,11 +35,16 @@ class EnvironmentProblem(RuntimeError):
     """The machine cannot run what was asked (e.g. --device cuda without CUDA): exit code 3."""
 
 
+class ResumeRefused(ValueError):
+    """--resume cannot continue the run it names (bad input: exit 2); the message says what to type."""
+
+
 @dataclass
 class RunOptions:
     device: str = "cpu"
     out_dir: Path = Path("results")
     resume: bool = False
+    dtype: str | None = None  # the --dtype override, recorded so --resume can check it
     filters: tuple[str, ...] = ()
     threads: int | None = None  # CPU threads for torch; None = all cores
     show_progress: bool = True
@@ -91,14 +101,85 @@ def _yaml_value(text: str):
 
 
 def results_path(suite: Suite, options: RunOptions) -> Path:
-    """A new file per run; with --resume, the newest earlier file of this suite (if any)."""
-    out = Path(options.out_dir)
-    if options.resume:
-        earlier = sorted(out.glob(f"{suite.name}-*.jsonl"))
-        if earlier:
-            return earlier[-1]
+    """The file of a new run: SUITE-YYYYmmdd-HHMMSS-DEVICE.jsonl in --out."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return out / f"{suite.name}-{stamp}-{options.device}.jsonl"
+    return Path(options.out_dir) / f"{suite.name}-{stamp}-{options.device}.jsonl"
+
+
+def earlier_runs(suite: Suite, out_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """This suite's runs in out_dir, newest first, with their first run record: files named exactly
+    SUITE-YYYYmmdd-HHMMSS-DEVICE.jsonl whose run record names this suite (so suite `x` never picks up
+    a run of `x-big`)."""
+    name = re.compile(re.escape(suite.name) + r"-(\d{8}-\d{6})-(cpu|cuda)\.jsonl")
+    runs = []
+    for path in Path(out_dir).glob(f"{glob.escape(suite.name)}-*.jsonl"):
+        match = name.fullmatch(path.name)
+        run = _first_record(path) if match else None
+        if run is not None and run.get("type") == "run" and run.get("suite") == suite.name:
+            runs.append((match.group(1), path, run))
+    return [(path, run) for _, path, run in sorted(runs, key=lambda r: (r[0], r[1].name), reverse=True)]
+
+
+def _first_record(path: Path) -> dict[str, Any] | None:
+    return next(iter(read_records(path)), None)
+
+
+def results_file_for_resume(suite: Suite, options: RunOptions, threads: int) -> Path | None:
+    """The run --resume continues: the newest earlier run of this suite on this device, if it was run
+    under the same conditions (else ResumeRefused saying what to type); None if the suite has no run."""
+    runs = earlier_runs(suite, options.out_dir)
+    same_device = [(path, run) for path, run in runs if path.stem.endswith(f"-{options.device}")]
+    if not same_device and runs:
+        other = runs[0][0]
+        raise ResumeRefused(f"--resume: suite {suite.name!r} has no run on {options.device} in {options.out_dir}; "
+                            f"its newest run is {other} (device {other.stem.rsplit('-', 1)[-1]}): add "
+                            f"--device {other.stem.rsplit('-', 1)[-1]} to continue that one, or leave out "
+                            f"--resume to start a new run on {options.device}")
+    if not same_device:
+        return None
+    path, run = same_device[0]
+    check_resumable(path, run, suite, options, threads)
+    return path
+
+
+def check_resumable(path: Path, run: dict[str, Any], suite: Suite, options: RunOptions, threads: int) -> None:
+    """Refuse to mix conditions in one run: the suite file (its digest), --device, --dtype and --threads
+    must be those of the run's first run record."""
+    recorded = run.get("options") or {}
+    changes, fixes = [], []
+    if run.get("suite_digest") != suite.digest:
+        changes.append(f"the suite file {suite.path} changed (digest {run.get('suite_digest')} then, "
+                       f"{suite.digest} now)")
+        fixes.append("the suite file as it was")
+    for flag, then, now in (("--device", recorded.get("device"), options.device),
+                            ("--dtype", recorded.get("dtype"), options.dtype),
+                            ("--threads", recorded.get("threads"), threads)):
+        if then != now:
+            changes.append(f"{flag} {_shown(then)} then, {_shown(now)} now")
+            fixes.append(f"{flag} {then}" if then is not None else f"no {flag}")
+    if changes:
+        raise ResumeRefused(f"--resume: {path} was run under other conditions: {'; '.join(changes)}. To continue "
+                            f"that run, run with {', '.join(fixes)}; to start a new run, leave out --resume")
+
+
+def _shown(value: Any) -> str:
+    return "(not given)" if value is None else str(value)
+
+
+def open_results(suite: Suite, options: RunOptions, threads: int) -> tuple[ResultWriter, bool]:
+    """The results file of this run, locked for the whole run (a second writer is refused), and
+    whether it continues an earlier run."""
+    if options.resume:
+        earlier = results_file_for_resume(suite, options, threads)
+        if earlier is not None:
+            return ResultWriter(earlier), True
+    for _ in range(5):
+        path = results_path(suite, options)
+        try:
+            return ResultWriter(path, exclusive=True), False
+        except FileExistsError:
+            time.sleep(1)  # another run of this suite took this second's name: take the next second's
+    raise ResultsWriteError(errno.EEXIST, f"cannot create a new results file in {options.out_dir}: {path.name} exists")
 
 
 def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict], None] | None = None) -> RunSummary:
@@ -106,20 +187,22 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
     cases = select_cases(suite.cases, options.filters)
     if not cases:
         raise ValueError(f"no case of suite {suite.name!r} matches --filter {' '.join(options.filters)!r}")
-    path = results_path(suite, options)
-    done = finished_case_ids(path) if path.exists() else set()
+    threads = options.threads or os.cpu_count() or 1
+    writer, resumed = open_results(suite, options, threads)
+    path = writer.path
+    done = finished_case_ids(path) if resumed else set()  # only ok/skipped: failed cases run again
     todo = [c for c in cases if c.case_id not in done]
     if on_event:
-        on_event("start", {"cases": len(todo), "skipped": len(cases) - len(todo), "path": str(path)})
+        on_event("start", {"cases": len(todo), "skipped": len(cases) - len(todo), "path": str(path),
+                           "resumed": resumed})
     summary = RunSummary(path=path, skipped=len(cases) - len(todo))
-    writer = ResultWriter(path)
-    threads = options.threads or os.cpu_count() or 1
     run_id = path.stem
     from moebench.measure.environment import capture_environment
 
     writer.append({"type": "run", "run_id": run_id, "suite": suite.name, "suite_digest": suite.digest,
-                   "kind": suite.kind, "started": _now(), "resumed": bool(done),
-                   "options": {"device": options.device, "threads": threads, "filters": list(options.filters)},
+                   "kind": suite.kind, "started": _now(), "resumed": resumed,
+                   "options": {"device": options.device, "threads": threads, "filters": list(options.filters),
+                               "dtype": options.dtype},
                    # single-process today; expert-parallel runs (DESIGN.md) will write one file per rank
                    "rank": 0, "world_size": 1,
                    "environment": capture_environment(options.device, threads)})
@@ -139,6 +222,7 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
                 on_event("case", record)
     finally:
         worker.close()
+        writer.close()  # releases the lock
     return summary
 
 

@@ -41,6 +41,9 @@ class ResultsFileBusy(ValueError):
 class ResultsWriteError(OSError):
     """The results file cannot be written (full disk, I/O error, no permission): an environment problem."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)  # the message names the file and the cause; no "[Errno N]" prefix
+
 
 class TornRecordWarning(UserWarning):
     """A results file ends in an unfinished line (a kill or a full disk cut a write short)."""
@@ -87,6 +90,7 @@ class ResultWriter:
             raise ResultsFileBusy(f"{self.path} is being written by another moebench run ({holder}); wait for "
                                   "it to finish, or write to another --out folder") from None
         self.fd = fd
+        self._set_aside_torn_tail()  # now, so that readers of the file see whole records only
 
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(_clean({"schema": SCHEMA_VERSION, **record}), sort_keys=True) + "\n").encode()
