@@ -19,7 +19,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from moebench.store import ResultsWriteError, ResultWriter, finished_case_ids, read_records
+from moebench.store import ResultsWriteError, ResultWriter, finished_case_ids, first_record
 from moebench.suite import Case, Suite
 
 
@@ -106,40 +106,35 @@ def results_path(suite: Suite, options: RunOptions) -> Path:
     return Path(options.out_dir) / f"{suite.name}-{stamp}-{options.device}.jsonl"
 
 
-def earlier_runs(suite: Suite, out_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+def earlier_runs(suite: Suite, out_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     """This suite's runs in out_dir, newest first, with their first run record: files named exactly
     SUITE-YYYYmmdd-HHMMSS-DEVICE.jsonl whose run record names this suite (so suite `x` never picks up
     a run of `x-big`)."""
     name = re.compile(re.escape(suite.name) + r"-(\d{8}-\d{6})-(cpu|cuda)\.jsonl")
-    runs = []
-    for path in Path(out_dir).glob(f"{glob.escape(suite.name)}-*.jsonl"):
-        match = name.fullmatch(path.name)
-        run = _first_record(path) if match else None
-        if run is not None and run.get("type") == "run" and run.get("suite") == suite.name:
-            runs.append((match.group(1), path, run))
-    return [(path, run) for _, path, run in sorted(runs, key=lambda r: (r[0], r[1].name), reverse=True)]
-
-
-def _first_record(path: Path) -> dict[str, Any] | None:
-    return next(iter(read_records(path)), None)
+    files = [(match.group(1), path) for path in Path(out_dir).glob(f"{glob.escape(suite.name)}-*.jsonl")
+             if (match := name.fullmatch(path.name))]
+    for _, path in sorted(files, key=lambda f: (f[0], f[1].name), reverse=True):
+        run = first_record(path)
+        if run is not None and run["type"] == "run" and run.get("suite") == suite.name:
+            yield path, run
 
 
 def results_file_for_resume(suite: Suite, options: RunOptions, threads: int) -> Path | None:
     """The run --resume continues: the newest earlier run of this suite on this device, if it was run
     under the same conditions (else ResumeRefused saying what to type); None if the suite has no run."""
-    runs = earlier_runs(suite, options.out_dir)
-    same_device = [(path, run) for path, run in runs if path.stem.endswith(f"-{options.device}")]
-    if not same_device and runs:
-        other = runs[0][0]
+    newest_elsewhere = None
+    for path, run in earlier_runs(suite, options.out_dir):
+        device = path.stem.rsplit("-", 1)[-1]
+        if device == options.device:
+            check_resumable(path, run, suite, options, threads)
+            return path
+        newest_elsewhere = newest_elsewhere or (path, device)
+    if newest_elsewhere is not None:
+        path, device = newest_elsewhere
         raise ResumeRefused(f"--resume: suite {suite.name!r} has no run on {options.device} in {options.out_dir}; "
-                            f"its newest run is {other} (device {other.stem.rsplit('-', 1)[-1]}): add "
-                            f"--device {other.stem.rsplit('-', 1)[-1]} to continue that one, or leave out "
-                            f"--resume to start a new run on {options.device}")
-    if not same_device:
-        return None
-    path, run = same_device[0]
-    check_resumable(path, run, suite, options, threads)
-    return path
+                            f"its newest run is {path} (device {device}): add --device {device} to continue that "
+                            f"one, or leave out --resume to start a new run on {options.device}")
+    return None
 
 
 def check_resumable(path: Path, run: dict[str, Any], suite: Suite, options: RunOptions, threads: int) -> None:

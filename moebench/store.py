@@ -129,27 +129,27 @@ class ResultWriter:
 
     def _set_aside_torn_tail(self) -> None:
         """If the file does not end in a newline, end it properly: a tail that is a whole record (only its
-        newline is missing) gets its newline; anything else moves to `<file>.torn` (appended, fsync'ed
-        first, so a crash in between keeps the bytes in both places rather than in neither)."""
+        newline is missing) gets its newline; anything else moves to `<file>.torn` (appended and fsync'ed
+        before the results file is cut, so a crash in between keeps the bytes twice rather than never)."""
         size = os.fstat(self.fd).st_size
         if size == 0 or os.pread(self.fd, 1, size - 1) == b"\n":
             return
         start = _last_line_start(self.fd, size)
         tail = os.pread(self.fd, size - start, start)
-        if _parse_object(tail) is not None:
-            _write_all(self.fd, b"\n")
-            return
         torn = self.path.with_name(self.path.name + TORN_SUFFIX)
         try:
+            if _parse_object(tail) is not None:
+                _write_all(self.fd, b"\n")
+                return
             with open(torn, "ab") as f:
                 f.write(tail + b"\n")
                 f.flush()
                 os.fsync(f.fileno())
+            os.ftruncate(self.fd, start)
+            os.fsync(self.fd)
         except OSError as err:
             raise ResultsWriteError(err.errno, f"cannot set aside the unfinished last line of {self.path} "
-                                               f"in {torn}: {err.strerror or err}") from None
-        os.ftruncate(self.fd, start)
-        os.fsync(self.fd)
+                                               f"(to {torn}): {err.strerror or err}") from None
         warnings.warn(f"{self.path}: its unfinished last line ({len(tail)} bytes, a write cut short by a kill or "
                       f"a full disk) was moved to {torn}", TornRecordWarning, stacklevel=3)
 
@@ -224,6 +224,17 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                           "still in flight) was skipped", TornRecordWarning, stacklevel=2)
             continue
         yield _check_record(f"{path}:{i + 1}", line, record)
+
+
+def first_record(path: Path) -> dict[str, Any] | None:
+    """The first record of a results file, reading only its first line (None for an empty file or an
+    unfinished first line); ValueError naming file:1 if that line is not a record."""
+    with Path(path).open("rb") as f:
+        line = f.readline()
+    record = _parse_object(line)
+    if not line.strip() or (record is None and not line.endswith(b"\n")):
+        return None
+    return _check_record(f"{path}:1", line, record)
 
 
 def _check_record(where: str, line: bytes, record: dict[str, Any] | None) -> dict[str, Any]:

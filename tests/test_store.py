@@ -167,3 +167,15 @@ def test_the_last_record_of_a_case_supersedes_earlier_ones_for_every_reader(tmp_
     assert list(frame["case_id"]) == ["a", "b", "c", "d"]
     assert list(frame["status"]) == ["ok", "ok", "ok", "crashed"]
     assert list(frame["env.threads"]) == [2, 1, 1, 2]  # each record with the session that wrote it
+
+
+def test_the_cli_turns_a_line_that_is_not_a_record_into_exit_2_naming_file_and_line(tmp_path):
+    from click.testing import CliRunner
+
+    from moebench.cli import cli
+
+    path = tmp_path / "run.jsonl"
+    path.write_text('{"schema": 1, "type": "run", "suite": "s"}\n[1, 2]\n')
+    result = CliRunner().invoke(cli, ["compare", str(path), str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: not a JSON record" in result.output
