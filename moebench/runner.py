@@ -112,7 +112,7 @@ def earlier_runs(suite: Suite, out_dir: Path) -> Iterator[tuple[Path, dict[str, 
     a run of `x-big`)."""
     name = re.compile(re.escape(suite.name) + r"-(\d{8}-\d{6})-(cpu|cuda)\.jsonl")
     files = [(match.group(1), path) for path in Path(out_dir).glob(f"{glob.escape(suite.name)}-*.jsonl")
-             if (match := name.fullmatch(path.name))]
+             if (match := name.fullmatch(path.name)) and path.is_file()]  # not a folder, not a device
     for _, path in sorted(files, key=lambda f: (f[0], f[1].name), reverse=True):
         run = first_record(path)
         if run is not None and run["type"] == "run" and run.get("suite") == suite.name:

@@ -73,6 +73,7 @@ class ResultWriter:
     def __init__(self, path: Path, exclusive: bool = False):
         self.path = Path(path)
         self.fd = -1
+        self.created = exclusive  # a file of our own: removed again if not even its first record fits
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | (os.O_EXCL if exclusive else 0)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,9 +102,13 @@ class ResultWriter:
             os.fsync(self.fd)
         except OSError as err:
             self._truncate(size)
+            if self.created and size == 0:
+                self.path.unlink(missing_ok=True)
+                kept = "the new file was removed"
+            else:
+                kept = f"the file keeps its {size} bytes of complete records"
             raise ResultsWriteError(err.errno, f"cannot append to results file {self.path}: "
-                                               f"{err.strerror or err}; the record was not written (the file "
-                                               f"keeps its {size} bytes of complete records)") from None
+                                               f"{err.strerror or err}; the record was not written ({kept})") from None
 
     def close(self) -> None:
         if self.fd >= 0:

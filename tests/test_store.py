@@ -179,3 +179,13 @@ def test_the_cli_turns_a_line_that_is_not_a_record_into_exit_2_naming_file_and_l
     result = CliRunner().invoke(cli, ["compare", str(path), str(path)])
     assert result.exit_code == 2, result.output
     assert f"{path}:2: not a JSON record" in result.output
+
+
+def test_a_new_file_whose_first_record_does_not_fit_is_removed_again(tmp_path, monkeypatch):
+    path = tmp_path / "run.jsonl"
+    writer = ResultWriter(path, exclusive=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "write", short_write_then_enospc(os.write))
+        with pytest.raises(OSError, match="the new file was removed"):
+            writer.append({"type": "run", "run_id": "r"})
+    assert not path.exists()
