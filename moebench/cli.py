@@ -6,6 +6,7 @@ Exit codes (docs/architecture.md#exit-codes): 0 ok, 1 a case failed or a regress
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -282,8 +283,10 @@ EXIT_ENVIRONMENT = 3
               help="Override every case's dtype.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Folder the results file (JSONL) is written to.")
-@click.option("--resume", is_flag=True, help="Continue the newest earlier run of this suite in --out, "
-              "skipping cases it already recorded.")
+@click.option("--resume", is_flag=True,
+              help="Continue the newest earlier run of this suite on this --device in --out: skip its ok "
+                   "cases, run the failed ones again. Refused (exit 2) if that run had another suite file, "
+                   "--dtype or --threads; with no earlier run, a new run starts (and says so).")
 @click.option("--filter", "filters", multiple=True, metavar="EXPR",
               help="Keep cases where key=value holds (or whose id contains EXPR); repeatable, all must match.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -302,11 +305,12 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
         select_cases,
         stop_on_signals,
     )
+    from moebench.store import ResultsWriteError
     from moebench.suite import load_suite
 
     loaded = load_suite(suite, overrides={"dtype": dtype} if dtype else None, device=device)
     options = RunOptions(device=device, out_dir=Path(out_dir), resume=resume, filters=tuple(filters),
-                         threads=threads)
+                         threads=threads, dtype=dtype)
     if dry_run:
         cases = select_cases(loaded.cases, options.filters)
         for case in cases:
@@ -325,6 +329,10 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
         if event == "start":  # sent once the cases are selected: bad input has been refused by then
             started.update(data)
             click.echo(f"suite {loaded.name}: {loaded.description} ({data['cases']} cases)", err=True)
+            if resume:
+                click.echo(f"--resume: continuing {data['path']}" if data["resumed"] else
+                           f"--resume: no earlier run of {loaded.name} on {device} in {out_dir}; starting a new run",
+                           err=True)
 
     try:
         with stop_on_signals():  # SIGINT / SIGTERM: exit 130 / 143, the worker reaped, no traceback
@@ -332,12 +340,12 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
     except RunStopped as stop:
         click.echo(f"moebench: {stop}: {_stopped_run(started)}", err=True)
         sys.exit(128 + stop.signum)
-    except EnvironmentProblem as err:  # e.g. the worker process could not start
+    except (EnvironmentProblem, ResultsWriteError) as err:  # the worker could not start, a full disk...
         click.echo(f"moebench: environment problem: {err}", err=True)
         sys.exit(EXIT_ENVIRONMENT)
     click.echo(summary_table(summary.records))
     if summary.skipped:
-        click.echo(f"{summary.skipped} cases already recorded in this run were skipped (--resume)")
+        click.echo(f"{summary.skipped} cases already finished ok in this run were skipped (--resume)")
     click.echo(f"results: {summary.path}")
     if summary.failed:
         click.echo(f"{len(summary.failed)} of {len(summary.records)} cases failed", err=True)
@@ -376,7 +384,13 @@ def summary_table(records: list[dict]) -> str:
 
 
 def main() -> None:
+    warnings.showwarning = _show_warning
     cli(prog_name="moebench")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. a torn line set aside) as one line on stderr, like the errors, without source lines."""
+    click.echo(f"moebench: warning: {message}", err=True)
 
 
 if __name__ == "__main__":

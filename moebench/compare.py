@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from moebench import stats
-from moebench.store import CASE_STATUSES, SCHEMA_VERSION
+from moebench.store import CASE_STATUSES, SCHEMA_VERSION, latest_case_records
 
 TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
@@ -297,9 +297,7 @@ def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[
 
 
 def _cases(records: Iterable[dict]) -> dict[str, dict]:
-    # A later record of a case replaces an earlier one: `run --resume` appends a retry of a failed
-    # case to the same file, and the retry is the case's result.
-    return {r["case_id"]: r for r in records if r.get("type") == "case"}
+    return latest_case_records(records)  # a case retried by --resume: its last record counts
 
 
 def timing_key(base: dict, cand: dict, metric: str = "auto") -> str:

@@ -4,7 +4,9 @@ Cases run one at a time in a worker process (started once, torch imported once).
 schedules, writes and reports, so whatever happens to a case (an exception, an out-of-memory, a hang
 past its timeout, a segfault or the kernel's OOM killer) becomes that case's status and the suite
 goes on with a fresh worker. Each record is appended and fsync'ed as its case finishes (store.py),
-so killing the run loses at most the case in flight, and --resume skips every case already recorded.
+so killing the run loses at most the case in flight. --resume continues the newest earlier run of the
+suite on the same device (results_file_for), runs again every case whose latest record is not ok, and
+refuses a run made under other conditions (ResumeRefused).
 The worker never outlives the run (worker.py); under stop_on_signals, SIGINT and SIGTERM stop the run
 the same way, the worker reaped.
 """
@@ -12,7 +14,10 @@ the same way, the worker reaped.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
+import re
 import signal
 import sys
 import threading
@@ -25,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from moebench.store import ResultWriter, finished_case_ids
+from moebench.store import ResultsWriteError, ResultWriter, finished_case_ids, first_record
 from moebench.suite import Case, Suite
 from moebench.worker import EnvironmentProblem, Worker
 
@@ -75,11 +80,16 @@ def settle_results(path: Path) -> int:
     return len(finished_case_ids(path))
 
 
+class ResumeRefused(ValueError):
+    """--resume cannot continue the run it names (bad input: exit 2); the message says what to type."""
+
+
 @dataclass
 class RunOptions:
     device: str = "cpu"
     out_dir: Path = Path("results")
     resume: bool = False
+    dtype: str | None = None  # the --dtype override, recorded so --resume can check it
     filters: tuple[str, ...] = ()
     threads: int | None = None  # CPU threads for torch; None = all cores
     show_progress: bool = True
@@ -136,14 +146,80 @@ def _yaml_value(text: str):
 
 
 def results_path(suite: Suite, options: RunOptions) -> Path:
-    """A new file per run; with --resume, the newest earlier file of this suite (if any)."""
-    out = Path(options.out_dir)
-    if options.resume:
-        earlier = sorted(out.glob(f"{suite.name}-*.jsonl"))
-        if earlier:
-            return earlier[-1]
+    """The file of a new run: SUITE-YYYYmmdd-HHMMSS-DEVICE.jsonl in --out."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return out / f"{suite.name}-{stamp}-{options.device}.jsonl"
+    return Path(options.out_dir) / f"{suite.name}-{stamp}-{options.device}.jsonl"
+
+
+def earlier_runs(suite: Suite, out_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """This suite's runs in out_dir, newest first, with their first run record: files named exactly
+    SUITE-YYYYmmdd-HHMMSS-DEVICE.jsonl whose run record names this suite (so suite `x` never picks up
+    a run of `x-big`)."""
+    name = re.compile(re.escape(suite.name) + r"-(\d{8}-\d{6})-(cpu|cuda)\.jsonl")
+    files = [(match.group(1), path) for path in Path(out_dir).glob(f"{glob.escape(suite.name)}-*.jsonl")
+             if (match := name.fullmatch(path.name)) and path.is_file()]  # not a folder, not a device
+    for _, path in sorted(files, key=lambda f: (f[0], f[1].name), reverse=True):
+        run = first_record(path)
+        if run is not None and run["type"] == "run" and run.get("suite") == suite.name:
+            yield path, run
+
+
+def results_file_for_resume(suite: Suite, options: RunOptions, threads: int) -> Path | None:
+    """The run --resume continues: the newest earlier run of this suite on this device, if it was run
+    under the same conditions (else ResumeRefused saying what to type); None if the suite has no run."""
+    newest_elsewhere = None
+    for path, run in earlier_runs(suite, options.out_dir):
+        device = path.stem.rsplit("-", 1)[-1]
+        if device == options.device:
+            check_resumable(path, run, suite, options, threads)
+            return path
+        newest_elsewhere = newest_elsewhere or (path, device)
+    if newest_elsewhere is not None:
+        path, device = newest_elsewhere
+        raise ResumeRefused(f"--resume: suite {suite.name!r} has no run on {options.device} in {options.out_dir}; "
+                            f"its newest run is {path} (device {device}): add --device {device} to continue that "
+                            f"one, or leave out --resume to start a new run on {options.device}")
+    return None
+
+
+def check_resumable(path: Path, run: dict[str, Any], suite: Suite, options: RunOptions, threads: int) -> None:
+    """Refuse to mix conditions in one run: the suite file (its digest), --device, --dtype and --threads
+    must be those of the run's first run record."""
+    recorded = run.get("options") or {}
+    changes, fixes = [], []
+    if run.get("suite_digest") != suite.digest:
+        changes.append(f"the suite file {suite.path} changed (digest {run.get('suite_digest')} then, "
+                       f"{suite.digest} now)")
+        fixes.append("the suite file as it was")
+    for flag, then, now in (("--device", recorded.get("device"), options.device),
+                            ("--dtype", recorded.get("dtype"), options.dtype),
+                            ("--threads", recorded.get("threads"), threads)):
+        if then != now:
+            changes.append(f"{flag} {_shown(then)} then, {_shown(now)} now")
+            fixes.append(f"{flag} {then}" if then is not None else f"no {flag}")
+    if changes:
+        raise ResumeRefused(f"--resume: {path} was run under other conditions: {'; '.join(changes)}. To continue "
+                            f"that run, run with {', '.join(fixes)}; to start a new run, leave out --resume")
+
+
+def _shown(value: Any) -> str:
+    return "(not given)" if value is None else str(value)
+
+
+def open_results(suite: Suite, options: RunOptions, threads: int) -> tuple[ResultWriter, bool]:
+    """The results file of this run, locked for the whole run (a second writer is refused), and
+    whether it continues an earlier run."""
+    if options.resume:
+        earlier = results_file_for_resume(suite, options, threads)
+        if earlier is not None:
+            return ResultWriter(earlier), True
+    for _ in range(5):
+        path = results_path(suite, options)
+        try:
+            return ResultWriter(path, exclusive=True), False
+        except FileExistsError:
+            time.sleep(1)  # another run of this suite took this second's name: take the next second's
+    raise ResultsWriteError(errno.EEXIST, f"cannot create a new results file in {options.out_dir}: {path.name} exists")
 
 
 def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict], None] | None = None) -> RunSummary:
@@ -151,20 +227,22 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
     cases = select_cases(suite.cases, options.filters)
     if not cases:
         raise ValueError(f"no case of suite {suite.name!r} matches --filter {' '.join(options.filters)!r}")
-    path = results_path(suite, options)
-    done = finished_case_ids(path) if path.exists() else set()
+    threads = options.threads or os.cpu_count() or 1
+    writer, resumed = open_results(suite, options, threads)
+    path = writer.path
+    done = finished_case_ids(path) if resumed else set()  # only ok/skipped: failed cases run again
     todo = [c for c in cases if c.case_id not in done]
     if on_event:
-        on_event("start", {"cases": len(todo), "skipped": len(cases) - len(todo), "path": str(path)})
+        on_event("start", {"cases": len(todo), "skipped": len(cases) - len(todo), "path": str(path),
+                           "resumed": resumed})
     summary = RunSummary(path=path, skipped=len(cases) - len(todo))
-    writer = ResultWriter(path)
-    threads = options.threads or os.cpu_count() or 1
     run_id = path.stem
     from moebench.measure.environment import capture_environment
 
     writer.append({"type": "run", "run_id": run_id, "suite": suite.name, "suite_digest": suite.digest,
-                   "kind": suite.kind, "started": _now(), "resumed": bool(done),
-                   "options": {"device": options.device, "threads": threads, "filters": list(options.filters)},
+                   "kind": suite.kind, "started": _now(), "resumed": resumed,
+                   "options": {"device": options.device, "threads": threads, "filters": list(options.filters),
+                               "dtype": options.dtype},
                    # single-process today: one file, written by rank 0 of 1 (docs/results.md#the-run-record)
                    "rank": 0, "world_size": 1,
                    "environment": capture_environment(options.device, threads)})
@@ -184,6 +262,7 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
                 on_event("case", record)
     finally:
         worker.close()
+        writer.close()  # releases the lock
     return summary
 
 

@@ -25,3 +25,20 @@ def seeded() -> int:
     """Seed torch's global generator so a test's random tensors are the same on every run."""
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 64 KiB tmpfs (a disk that fills up), mounted for one test; skipped where mounting is not
+    allowed (it needs root)."""
+    import subprocess
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

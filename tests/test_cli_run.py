@@ -1,13 +1,21 @@
-"""`moebench run` from the command line: dry runs, bad input (exit 2, nothing written), no CUDA (exit 3)."""
+"""`moebench run` from the command line: dry runs, bad input (exit 2, nothing written), no CUDA (exit 3),
+--resume and the results file (a torn line, a second writer, a full disk)."""
 
+import contextlib
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from moebench.cli import cli
+from moebench.store import load_results, read_records
 
 
 def run(*args):
@@ -64,3 +72,154 @@ def test_filter_values_match_as_the_suite_file_writes_them():
         result = run("run", "gpu_speed", "--dry-run", "--filter", f"cuda_graph={value}")
         assert result.exit_code == 0 and "2 cases" in result.output, result.output
     assert "4 cases" in run("run", "gpu_speed", "--dry-run", "--filter", "capacity_factor=1.250").output
+
+
+# --- results files and --resume: real runs of a one- or two-case suite -----------------------------
+
+TINY = """\
+base: {d_model: 16, d_ff: 32, n_experts: 4, top_k: 2}
+workload: {tokens: 16}
+measure: {warmup: 1, min_samples: SAMPLES, max_samples: SAMPLES, budget_s: 0.05, phases: false, memory: false,
+          ceiling: false, timeout_s: 120}
+"""
+
+
+def tiny_suite(folder, name="tiny", grid="grid: {tokens: [8, 16]}\n", samples=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(TINY.replace("SAMPLES", str(samples)) + grid)
+    return path
+
+
+def cli_run(*args):
+    """`python -m moebench.cli run ...` in a real process (stderr as a user sees it)."""
+    return subprocess.run([sys.executable, "-m", "moebench.cli", "run", *map(str, args)], capture_output=True,
+                          text=True)
+
+
+def case_ids(path):
+    return [r["case_id"] for r in read_records(path) if r["type"] == "case"]
+
+
+def test_resume_of_suite_x_never_picks_up_a_run_of_suite_x_big(tmp_path):
+    out = tmp_path / "out"
+    assert run("run", str(tiny_suite(tmp_path, "x-big")), "--out", str(out)).exit_code == 0
+    result = run("run", str(tiny_suite(tmp_path, "x")), "--out", str(out), "--resume")
+    assert result.exit_code == 0, result.output
+    (x_run,) = out.glob("x-2*.jsonl")
+    assert case_ids(x_run) == ["tokens=8", "tokens=16"]
+    (big_run,) = out.glob("x-big-*.jsonl")
+    assert case_ids(big_run) == ["tokens=8", "tokens=16"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """A finished one-case run with --threads 1 (no --dtype) of tiny.yaml, and its results file."""
+    folder = tmp_path_factory.mktemp("first")
+    suite = tiny_suite(folder, grid="grid: {tokens: [8]}\n")
+    assert run("run", str(suite), "--out", str(folder / "out"), "--threads", "1").exit_code == 0
+    (path,) = (folder / "out").glob("tiny-*-cpu.jsonl")
+    return suite, path
+
+
+@pytest.mark.parametrize("change, message", [
+    ("digest", r"the suite file .*tiny.yaml changed \(digest \w+ then, \w+ now\)"),
+    ("dtype", r"--dtype \(not given\) then, bfloat16 now\. To continue that run, run with no --dtype"),
+    ("threads", r"--threads 1 then, 2 now\. To continue that run, run with --threads 1"),
+    ("device", r"has no run on cpu in .*; its newest run is .*-cuda.jsonl \(device cuda\): add --device cuda"),
+])
+def test_resume_refuses_a_run_made_under_other_conditions_with_exit_2(first_run, tmp_path, change, message):
+    suite, path = first_run
+    args = ["--threads", "1"]
+    if change == "digest":
+        suite = tiny_suite(tmp_path / "edited", grid="grid: {tokens: [8, 64]}\n")  # same name, other content
+    elif change == "dtype":
+        args += ["--dtype", "bfloat16"]
+    elif change == "threads":
+        args = ["--threads", "2"]
+    else:  # the run was on cuda; this resume asks for cpu
+        out = tmp_path / "out"
+        out.mkdir()
+        path = out / path.name.replace("-cpu.jsonl", "-cuda.jsonl")
+        path.write_bytes(first_run[1].read_bytes())
+    before = path.read_bytes()
+    proc = cli_run(suite, "--out", path.parent, "--resume", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr
+    assert "leave out --resume" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert path.read_bytes() == before and sorted(path.parent.iterdir()) == [path]
+
+
+def test_resume_runs_failed_cases_again_and_their_new_record_counts(tmp_path):
+    out = tmp_path / "out"
+    suite = tiny_suite(tmp_path, grid="zip:\n  - {variant: token_choice}\n  - {variant: hash, routing: zipf}\n")
+    assert run("run", str(suite), "--out", str(out)).exit_code == 1  # hash + zipf fails: nothing to force
+    (path,) = out.glob("tiny-*.jsonl")
+    with path.open("a") as f:  # as if the worker had then crashed in the ok case
+        f.write(json.dumps({"schema": 1, "type": "case", "case_id": "variant=token_choice", "status": "crashed",
+                            "error": "died"}) + "\n")
+    result = run("run", str(suite), "--out", str(out), "--resume")
+    assert result.exit_code == 1, result.output  # the failing case failed again
+    assert case_ids(path)[-2:] == ["variant=token_choice", "variant=hash,routing=zipf"]
+    frame = load_results(path)
+    assert list(frame["case_id"]) == ["variant=token_choice", "variant=hash,routing=zipf"]
+    assert list(frame["status"]) == ["ok", "error"]
+
+
+def test_resume_without_an_earlier_run_starts_a_new_run_and_says_so(tmp_path):
+    proc = cli_run(tiny_suite(tmp_path, grid="grid: {tokens: [8]}\n"), "--out", tmp_path / "out", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "--resume: no earlier run of tiny on cpu in" in proc.stderr and "starting a new run" in proc.stderr
+    assert len(list((tmp_path / "out").glob("tiny-*-cpu.jsonl"))) == 1
+
+
+def test_resume_after_a_torn_line_sets_it_aside_and_the_file_stays_readable(tmp_path):
+    out = tmp_path / "out"
+    suite = tiny_suite(tmp_path)
+    assert cli_run(suite, "--out", out, "--filter", "tokens=8").returncode == 0
+    (path,) = out.glob("tiny-*.jsonl")
+    torn = b'{"schema": 1, "type": "case", "case_id": "tokens=16", "metrics": {"lat'
+    with path.open("ab") as f:
+        f.write(torn)  # the run was killed mid-write
+    proc = cli_run(suite, "--out", out, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert f"moebench: warning: {path}: its unfinished last line ({len(torn)} bytes" in proc.stderr
+    assert case_ids(path) == ["tokens=8", "tokens=16"]
+    assert path.with_name(path.name + ".torn").read_bytes() == torn + b"\n"
+
+
+def test_a_second_run_writing_the_same_file_is_refused_with_exit_2_naming_the_holder(tmp_path):
+    out = tmp_path / "out"
+    suite = tiny_suite(tmp_path, grid="grid: {tokens: [8, 16, 24, 32]}\n", samples=20000)  # a minute or more
+    first = subprocess.Popen([sys.executable, "-m", "moebench.cli", "run", str(suite), "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (list(out.glob("tiny-*.jsonl")) and list(read_records(next(out.glob("tiny-*.jsonl"))))):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run did not start"
+            time.sleep(0.05)
+        (path,) = out.glob("tiny-*.jsonl")
+        second = cli_run(suite, "--out", out, "--resume")
+        assert second.returncode == 2, second.stderr
+        assert first.poll() is None, "the first run should still be running"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert f"{path} is being written by another moebench run (pid {first.pid}: " in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert [r["type"] for r in read_records(path)] == ["run"] + ["case"] * len(case_ids(path))
+    assert sorted(out.iterdir()) == [path]
+
+
+def test_a_full_disk_is_exit_3_naming_the_file_and_no_partial_record_is_left(tiny_tmpfs, tmp_path):
+    (tiny_tmpfs / "filler").write_bytes(b"x" * (56 * 1024))  # 8 KiB left: the run record and ~2 cases fit
+    suite = tiny_suite(tmp_path, grid="grid: {tokens: [8, 16, 24, 32, 40, 48, 56, 64]}\n")
+    proc = cli_run(suite, "--out", tiny_tmpfs / "out")
+    assert proc.returncode == 3, proc.stderr
+    (path,) = (tiny_tmpfs / "out").glob("tiny-*.jsonl")
+    assert f"moebench: environment problem: cannot append to results file {path}: No space left on device" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert path.read_bytes().endswith(b"\n")
+    assert 1 <= len(case_ids(path)) < 8  # whole records only: every line read back

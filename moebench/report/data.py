@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from moebench.store import read_records
+from moebench.store import latest_case_records, read_records
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def load_runs(paths) -> tuple[list[Run], pd.DataFrame]:
     for file in results_files(paths):
         records = list(read_records(file))  # raises ValueError on a schema mismatch
         run_records = [r for r in records if r.get("type") == "run"]
-        cases = [r for r in records if r.get("type") == "case"]
+        cases = list(latest_case_records(records).values())  # a retried case: its last record
         if not run_records:
             raise ValueError(f"{file}: no run record (the first line of a moebench results file)")
         if not cases:
