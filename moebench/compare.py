@@ -44,13 +44,13 @@ import json
 import math
 import string
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from moebench import stats
-from moebench.store import CASE_STATUSES, SCHEMA_VERSION, latest_case_records
+from moebench.store import CASE_STATUSES, latest_case_records, read_numbered_records
 
 TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
@@ -95,11 +95,12 @@ class Verdict:
 # --- reading --------------------------------------------------------------------------------------
 
 def load_run(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of one results file (or of the only *.jsonl in a folder), each checked by
-    record_problem; the first unusable line raises BadRecord naming FILE:LINE."""
+    """Every record of one results file (or of the only *.jsonl in a folder), as store.read_numbered_records
+    reads it (a line that is no record of this schema is a ValueError naming FILE:LINE), each checked
+    further by record_problem; the first record compare cannot use raises BadRecord naming FILE:LINE."""
     path = _results_file(Path(path))
     records = []
-    for lineno, record in _json_lines(path):
+    for lineno, record in read_numbered_records(path):
         problem = record_problem(record)
         if problem:
             raise BadRecord(f"{path}:{lineno}: {problem}")
@@ -118,46 +119,16 @@ def _results_file(path: Path) -> Path:
         path = files[0]
     if not path.exists():
         raise NotComparable(f"{path}: no such results file")
-    if not path.is_file():  # a device or a pipe: reading it could block or never end
-        raise NotComparable(f"{path}: not a regular file; name a results file (*.jsonl)")
     return path
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON) of every non-blank line. The last line is skipped when it has no
-    newline and does not parse: the writer puts a record and its newline in one write, so that is
-    the record a kill cut short. Any other line that does not parse is a BadRecord."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise NotComparable(f"{path}: cannot read ({err.strerror})") from None
-    lines = data.split(b"\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, absurd nesting
-            if i == len(lines) - 1:
-                continue
-            reason = f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) else type(err).__name__
-            raise BadRecord(f"{path}:{i + 1}: not a JSON record ({reason})") from None
-        yield i + 1, record
-
-
-def record_problem(record: Any) -> str | None:
-    """What makes one line's record unusable for compare, or None if compare can use it."""
-    if not isinstance(record, dict):
-        return f"a JSON {_json_kind(record)} where a record (a JSON object) belongs"
-    if record.get("schema") != SCHEMA_VERSION:
-        return f"schema {record.get('schema')!r}; this moebench reads schema {SCHEMA_VERSION}"
-    kind = record.get("type")
-    if kind == "run":
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a record (an object of this schema with a type, as the store reads it) unusable for
+    compare, or None if compare can use it."""
+    if record["type"] == "run":
         return _run_problem(record)
-    if kind == "case":
+    if record["type"] == "case":
         return _case_problem(record)
-    if not isinstance(kind, str):
-        return f"type {kind!r}: a record's type is a string such as 'run' or 'case'"
     return None  # another kind of record: compare does not read it
 
 
@@ -216,11 +187,6 @@ def _is_duration(x: Any) -> bool:
 
 def _is_round(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _json_kind(value: Any) -> str:
-    kinds = ((list, "array"), (str, "string"), (bool, "boolean"), ((int, float), "number"))
-    return next((name for cls, name in kinds if isinstance(value, cls)), "null")
 
 
 def _short(value: Any, width: int = 60) -> str:

@@ -208,18 +208,32 @@ def _parse_object(line: bytes) -> dict[str, Any] | None:
     """The JSON object on a line, or None if the line is not one (bad JSON, bad UTF-8, another type)."""
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting
         return None
     return value if isinstance(value, dict) else None
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Every record of a results file, in file order; ValueError naming file:line for a line that is
-    not a record of this schema. An unfinished last line that is not a JSON object (a write cut short,
-    or one in flight while a run writes) is skipped with a TornRecordWarning; the next append moves it
-    to `<file>.torn`."""
+    """Every record of a results file, in file order (read_numbered_records without the numbers)."""
+    for _, record in read_numbered_records(path):
+        yield record
+
+
+def read_numbered_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every record of a results file, in file order; ValueError naming
+    file:line for a line that is not a record of this schema, and for a path that is not a regular file
+    (a pipe or a device could block or never end). An unfinished last line that is not a JSON object
+    (a write cut short, or one in flight while a run writes) is skipped with a TornRecordWarning; the
+    next append moves it to `<file>.torn`."""
     path = Path(path)
-    lines = path.read_bytes().split(b"\n")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file; name a results file (*.jsonl)")
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such results file") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror})") from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -228,7 +242,7 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
             warnings.warn(f"{path}:{i + 1}: an unfinished last line ({len(line)} bytes, a write cut short or "
                           "still in flight) was skipped", TornRecordWarning, stacklevel=2)
             continue
-        yield _check_record(f"{path}:{i + 1}", line, record)
+        yield i + 1, _check_record(f"{path}:{i + 1}", line, record)
 
 
 def first_record(path: Path) -> dict[str, Any] | None:
@@ -246,7 +260,7 @@ def _check_record(where: str, line: bytes, record: dict[str, Any] | None) -> dic
     if record is None:
         try:
             what = f"a JSON {type(json.loads(line)).__name__}, not an object"
-        except ValueError:
+        except (ValueError, RecursionError):
             what = "not valid JSON"
         raise ValueError(f"{where}: not a JSON record ({what})")
     if record.get("schema") != SCHEMA_VERSION:
