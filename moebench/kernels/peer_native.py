@@ -13,8 +13,8 @@ gather-dot reads random 2 KiB rows, bound by memory latency: software prefetch (
 inductor emits) keeps several rows in flight, ~10% faster than the inductor loop at that config.
 The source is moebench/kernels/csrc/peer.c, compiled once per machine with the system C compiler, as
 inductor's CPU code is (moebench.kernels.native_build), and called through ctypes inside two torch custom
-ops (moebench::peer_product_topk, moebench::peer_gather_dot) whose fake implementations let fake tensors
-and torch.compile through without running C; `available()` says whether it compiled (`build().status` why
+ops (torch.ops.moebench.peer_product_topk, peer_gather_dot) whose fake kernels let fake tensors and
+torch.compile through without running C; `available()` says whether it compiled (`build().status` why
 not). Scores equal torch's
 bit for bit (the same float32 sums); which of tied scores is kept may differ from torch.topk, as between
 torch versions. NaN scores are never retrieved (torch.topk ranks them first; a row with under K other
@@ -41,8 +41,11 @@ MAX_THREADS = native_build.MAX_THREADS
 def build() -> native_build.Build:
     """csrc/peer.c compiled and loaded once per process (or why not)."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    return native_build.load("peer", {"peer_product_topk": [ptr] * 5 + [i64] * 5 + [ctypes.c_int],
-                                      "peer_gather_dot": [ptr] * 4 + [i64] * 3 + [ctypes.c_int]})
+    built = native_build.load("peer", {"peer_product_topk": [ptr] * 5 + [i64] * 5 + [ctypes.c_int],
+                                       "peer_gather_dot": [ptr] * 4 + [i64] * 4 + [ctypes.c_int]})
+    if built.dll is not None:
+        built.dll.peer_gather_dot.restype = i64
+    return built
 
 
 def available() -> bool:
@@ -67,32 +70,56 @@ def _check(*tensors: torch.Tensor, dtype: torch.dtype) -> None:
                              f"{'' if t.is_contiguous() else ' (not contiguous)'}")
 
 
-@torch.library.custom_op("moebench::peer_product_topk", mutates_args=("score_THK", "idx_THK"), device_types="cpu")
+# The C functions as torch custom ops. Each checks its arguments (the C code trusts shapes and layouts; it
+# checks index ranges itself) and runs C on real CPU tensors; under fake tensors (the host-sync probe,
+# torch.compile's tracing) its fake kernel checks the same and only says what the outputs look like.
+_OPS = torch.library.Library("moebench", "FRAGMENT")  # kept alive: dropping it would unregister the ops
+
+
+def _check_product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: int, score_THK: torch.Tensor,
+                        idx_THK: torch.Tensor) -> None:
+    if s_HPTR.dim() != 4 or s_HPTR.shape[1] != 2 or not 1 <= K <= min(s_HPTR.shape[3], MAX_K):
+        raise ValueError(f"product_topk needs s [H, 2, T, R] and 1 <= K <= min(R, {MAX_K}), got s "
+                         f"{tuple(s_HPTR.shape)}, K={K}")
+    _check(s_HPTR, score_THK, dtype=torch.float32)
+    _check(i_C, j_C, idx_THK, dtype=torch.int64)
+    H, _, T, _ = s_HPTR.shape
+    if score_THK.shape != (T, H, K) or idx_THK.shape != (T, H, K) or i_C.dim() != 1 or i_C.shape != j_C.shape:
+        raise ValueError(f"product_topk out= needs [T, H, K] = [{T}, {H}, {K}] tensors, and two equal 1-d rank lists; "
+                         f"got {tuple(score_THK.shape)}, {tuple(idx_THK.shape)}, {tuple(i_C.shape)}, "
+                         f"{tuple(j_C.shape)}")
+
+
+@native_build.custom_op(_OPS, "peer_product_topk(Tensor s_HPTR, Tensor i_C, Tensor j_C, int K, "
+                              "Tensor(a!) score_THK, Tensor(b!) idx_THK) -> ()", fake=_check_product_topk)
 def _product_topk_op(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: int, score_THK: torch.Tensor,
                      idx_THK: torch.Tensor) -> None:
+    _check_product_topk(s_HPTR, i_C, j_C, K, score_THK, idx_THK)
     H, _, T, R = s_HPTR.shape
-    _lib().peer_product_topk(s_HPTR.data_ptr(), score_THK.data_ptr(), idx_THK.data_ptr(), i_C.data_ptr(),
-                             j_C.data_ptr(), H, T, R, K, len(i_C), _threads(H * T))
+    if _lib().peer_product_topk(s_HPTR.data_ptr(), score_THK.data_ptr(), idx_THK.data_ptr(), i_C.data_ptr(),
+                                j_C.data_ptr(), H, T, R, K, len(i_C), _threads(H * T)):
+        raise ValueError(f"product_topk: candidate ranks must lie in [0, K = {K})")
 
 
-@_product_topk_op.register_fake
-def _(s_HPTR, i_C, j_C, K, score_THK, idx_THK) -> None:
-    return None
-
-
-@torch.library.custom_op("moebench::peer_gather_dot", mutates_args=(), device_types="cpu")
-def _gather_dot_op(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Tensor) -> torch.Tensor:
-    (T, D), A = x_TD.shape, idx_TA.shape[1]
-    h_TA = x_TD.new_empty(T, A)
-    if T and A:
-        _lib().peer_gather_dot(x_TD.data_ptr(), u_ND.data_ptr(), idx_TA.data_ptr(), h_TA.data_ptr(), T, A, D,
-                               _threads(T))
-    return h_TA
-
-
-@_gather_dot_op.register_fake
-def _(x_TD, u_ND, idx_TA):
+def _dots_like(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Tensor) -> torch.Tensor:
+    """The gather-dot's output, after checking its arguments."""
+    _check(x_TD, u_ND, dtype=torch.float32)
+    _check(idx_TA, dtype=torch.int64)
+    if x_TD.dim() != 2 or u_ND.dim() != 2 or idx_TA.dim() != 2 or u_ND.shape[1] != x_TD.shape[1] \
+            or len(idx_TA) != len(x_TD):
+        raise ValueError(f"gather_dot: x {tuple(x_TD.shape)}, u {tuple(u_ND.shape)}, idx {tuple(idx_TA.shape)} "
+                         "disagree")
     return x_TD.new_empty(x_TD.shape[0], idx_TA.shape[1])
+
+
+@native_build.custom_op(_OPS, "peer_gather_dot(Tensor x_TD, Tensor u_ND, Tensor idx_TA) -> Tensor", fake=_dots_like)
+def _gather_dot_op(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Tensor) -> torch.Tensor:
+    h_TA = _dots_like(x_TD, u_ND, idx_TA)
+    (T, A), (N, D) = h_TA.shape, u_ND.shape
+    if T and A and _lib().peer_gather_dot(x_TD.data_ptr(), u_ND.data_ptr(), idx_TA.data_ptr(), h_TA.data_ptr(),
+                                          N, T, A, D, _threads(T)):
+        raise ValueError(f"gather_dot: indices outside [0, {N})")
+    return h_TA
 
 
 def product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: int, *,
@@ -100,27 +127,13 @@ def product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: 
     """(score_THK, idx_THK) of the top K product keys per (token, head), sorted descending; expert a*R + b.
     s_HPTR: float32 [H, 2, T, R] sub-key scores; i_C, j_C: candidate rank pairs (candidate_pairs(K));
     out: contiguous float32 and int64 [T, H, K] to write into."""
-    H, P, T, R = s_HPTR.shape
-    if P != 2 or not 1 <= K <= min(R, MAX_K):
-        raise ValueError(f"product_topk needs P = 2 and 1 <= K <= min(R, {MAX_K}), got P={P}, K={K}, R={R}")
+    H, _, T, _ = s_HPTR.shape
     score_THK, idx_THK = out or (s_HPTR.new_empty(T, H, K), s_HPTR.new_empty(T, H, K, dtype=torch.int64))
-    i_C, j_C = i_C.contiguous(), j_C.contiguous()
-    _check(s_HPTR, score_THK, dtype=torch.float32)
-    _check(i_C, j_C, idx_THK, dtype=torch.int64)
-    if score_THK.shape != (T, H, K) or idx_THK.shape != (T, H, K):
-        raise ValueError(f"product_topk out= needs two [T, H, K] = [{T}, {H}, {K}] tensors")
-    if T:
-        _product_topk_op(s_HPTR, i_C, j_C, K, score_THK, idx_THK)
+    _product_topk_op(s_HPTR, i_C.contiguous(), j_C.contiguous(), K, score_THK, idx_THK)
     return score_THK, idx_THK
 
 
 def gather_dot(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Tensor) -> torch.Tensor:
     """h_TA[t, a] = u[idx[t, a]] . x_t in float32, the u rows of the next retrievals prefetched; no autograd.
-    Indices are trusted to lie in [0, N) (they come from retrieval)."""
-    _check(x_TD, u_ND, dtype=torch.float32)
-    _check(idx_TA, dtype=torch.int64)
-    T, D = x_TD.shape
-    if u_ND.shape[1] != D or len(idx_TA) != T:
-        raise ValueError(f"gather_dot: x {tuple(x_TD.shape)}, u {tuple(u_ND.shape)}, idx {tuple(idx_TA.shape)} "
-                         "disagree")
+    An index outside [0, N) is a ValueError."""
     return _gather_dot_op(x_TD, u_ND, idx_TA)

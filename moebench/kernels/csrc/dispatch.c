@@ -184,9 +184,12 @@ int moe_combine_rows(void* y, int y_is_bf16, const int64_t* base, const int64_t*
     return 0;
 }
 
-/* y[token[i], c] += w[i] * out[i, c]; thread b owns columns [b*D/threads, (b+1)*D/threads), rounded to 16. */
-void moe_combine_add(float* y, const void* out, int out_is_bf16, const int64_t* token, const float* w, int64_t n,
-                     int64_t D, int threads) {
+/* y[token[i], c] += w[i] * out[i, c] for y of T rows; thread b owns columns [b*D/threads, (b+1)*D/threads),
+   rounded to 16. Returns -1, writing nothing, if a token is outside [0, T). */
+int moe_combine_add(float* y, const void* out, int out_is_bf16, const int64_t* token, const float* w, int64_t n,
+                    int64_t T, int64_t D, int threads) {
+    for (int64_t i = 0; i < n; i++)
+        if ((uint64_t)token[i] >= (uint64_t)T) return -1;
     #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int b = 0; b < threads; b++) {
         int64_t c0 = (D * b / threads) & ~15, c1 = b == threads - 1 ? D : (D * (b + 1) / threads) & ~15;
@@ -202,4 +205,5 @@ void moe_combine_add(float* y, const void* out, int out_is_bf16, const int64_t* 
             }
         }
     }
+    return 0;
 }

@@ -99,12 +99,12 @@ static void* topk_run(void* arg) {
 
 typedef struct {
     const float *x, *u; const int64_t* idx; float* h;
-    int64_t A, D, lo, hi;
+    int64_t N, A, D, lo, hi, bad;
 } dot_job;
 
 #define AHEAD 4  /* retrievals ahead whose u rows are prefetched: rows in flight while one is summed */
 
-/* tokens [lo, hi): h[t, a] = u[idx[t, a]] . x_t */
+/* tokens [lo, hi): h[t, a] = u[idx[t, a]] . x_t; an index outside [0, N) is counted in bad, its h is NaN */
 static void* dot_run(void* arg) {
     dot_job* a = (dot_job*)arg;
     int64_t D = a->D, end = a->hi * a->A;
@@ -113,6 +113,7 @@ static void* dot_run(void* arg) {
         for (int64_t p = t * a->A; p < (t + 1) * a->A; p++) {
             if (p + AHEAD < end)
                 for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(a->u + a->idx[p + AHEAD] * D + d);
+            if ((uint64_t)a->idx[p] >= (uint64_t)a->N) { a->bad++; a->h[p] = NAN; continue; }
             const float* u = a->u + a->idx[p] * D;
             v8f acc[4] = {0};
             int64_t d = 0;
@@ -134,17 +135,26 @@ static void fan_out(void* (*run)(void*), void* jobs, size_t size, int n) {
     for (int i = 0; i < n; i++) run((char*)jobs + i * size);
 }
 
-void peer_product_topk(const float* s, float* score, int64_t* out, const int64_t* pi, const int64_t* pj,
-                       int64_t H, int64_t T, int64_t R, int64_t K, int64_t C, int n) {
+/* Returns -1, writing nothing, unless 1 <= K <= 256 and every candidate pair's ranks lie in [0, K). */
+int peer_product_topk(const float* s, float* score, int64_t* out, const int64_t* pi, const int64_t* pj,
+                      int64_t H, int64_t T, int64_t R, int64_t K, int64_t C, int n) {
+    if (K < 1 || K > 256) return -1;
+    for (int64_t c = 0; c < C; c++)
+        if ((uint64_t)pi[c] >= (uint64_t)K || (uint64_t)pj[c] >= (uint64_t)K) return -1;
     topk_job jobs[64];
     for (int i = 0; i < n; i++)
         jobs[i] = (topk_job){s, score, out, pi, pj, H, T, R, K, C, H * T * i / n, H * T * (i + 1) / n};
     fan_out(topk_run, jobs, sizeof(topk_job), n);
+    return 0;
 }
 
-void peer_gather_dot(const float* x, const float* u, const int64_t* idx, float* h, int64_t T, int64_t A, int64_t D,
-                     int n) {
+/* u has N rows. Returns how many indices were outside [0, N) (their h is NaN). */
+int64_t peer_gather_dot(const float* x, const float* u, const int64_t* idx, float* h, int64_t N, int64_t T, int64_t A,
+                        int64_t D, int n) {
     dot_job jobs[64];
-    for (int i = 0; i < n; i++) jobs[i] = (dot_job){x, u, idx, h, A, D, T * i / n, T * (i + 1) / n};
+    for (int i = 0; i < n; i++) jobs[i] = (dot_job){x, u, idx, h, N, A, D, T * i / n, T * (i + 1) / n, 0};
     fan_out(dot_run, jobs, sizeof(dot_job), n);
+    int64_t bad = 0;
+    for (int i = 0; i < n; i++) bad += jobs[i].bad;
+    return bad;
 }
