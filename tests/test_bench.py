@@ -209,6 +209,13 @@ def test_peer_records_each_of_its_steps():
                              "gather_experts": native}
 
 
+def test_a_dense_baseline_and_shared_experts_record_torch():
+    assert code_of(LayerSpec(d_model=32, d_ff=64, variant="dense", activation="relu")) == {"experts": "torch",
+                                                                                         "relu": "torch"}
+    shared = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, variant="deepseek", n_shared=1, backend="loop")
+    assert code_of(shared) == {"experts": "torch", "swiglu": "torch", "combine": "torch", "shared": "torch"}
+
+
 def test_the_triton_backend_records_the_interpreter_on_cpu():
     pytest.importorskip("triton")
     if torch.cuda.is_available():

@@ -29,10 +29,12 @@ our own would compete with torch's workers, which spin for a while after each pa
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import socket
 import stat
@@ -102,7 +104,8 @@ def safe_cache_dir() -> tuple[Path | None, str | None]:
     """(the cache folder, created 0700 where missing, None) or (None, why it may not be used)."""
     folder, origin = cache_dir()
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # a file of that name: unsafe_reason says it is no folder
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         problem = unsafe_reason(folder, is_dir=True) or unsafe_parent(folder)
     except OSError as exc:
         problem = f"cannot create {folder}: {exc}"
@@ -117,11 +120,20 @@ def library_path(folder: Path, name: str, source: bytes, compiler: str, flags: l
     return folder / f"{name}_{key.hexdigest()[:16]}.so"
 
 
+def compiler_command() -> list[str]:
+    """CC split as a shell would (CC="ccache gcc" works; one that does not split is taken whole), else ["cc"]."""
+    cc = os.environ.get("CC") or ""
+    try:
+        return shlex.split(cc) or ["cc"]
+    except ValueError:  # an unbalanced quote: then no such program is found, and the reason says so
+        return [cc]
+
+
 def compile_library(compiler: str, flags: list[str], source: Path, lib: Path) -> tuple[str | None, str]:
     """Compile source into lib through a temporary file: (None or why it failed, the compiler's stderr)."""
     tmp = lib.with_name(f"{lib.name}.{os.getpid()}")
     try:
-        done = subprocess.run([compiler, *flags, "-o", str(tmp), str(source), "-lm"], capture_output=True,
+        done = subprocess.run([*compiler_command(), *flags, "-o", str(tmp), str(source), "-lm"], capture_output=True,
                               text=True, timeout=300)
         if done.returncode != 0:
             first = "\n".join(done.stderr.strip().splitlines()[:ERROR_LINES])
@@ -158,7 +170,7 @@ def custom_op(library: torch.library.Library, schema: str, fake: Callable):
 
 def compiler_present() -> bool:
     """Whether the compiler load() would run (CC, else cc) is on PATH: then the kernels must build."""
-    return shutil.which(os.environ.get("CC") or "cc") is not None
+    return shutil.which(compiler_command()[0]) is not None
 
 
 def load(name: str, signatures: dict[str, list], extra_flags: list[str] = ()) -> Build:
@@ -173,7 +185,7 @@ def load(name: str, signatures: dict[str, list], extra_flags: list[str] = ()) ->
         text = source.read_bytes()
     except OSError as exc:
         return Build(None, f"the C source is missing from this install: {exc}")
-    compiler, flags = os.environ.get("CC") or "cc", [*FLAGS, *extra_flags]
+    compiler, flags = " ".join(compiler_command()), [*FLAGS, *extra_flags]
     lib = library_path(folder, name, text, compiler, flags)
     log = ""
     if lib.exists() and unsafe_reason(lib, is_dir=False):

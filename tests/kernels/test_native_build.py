@@ -180,3 +180,17 @@ def test_kernels_build_without_warnings_wherever_a_compiler_is_on_path(tmp_path,
         build = module.build()
         assert build.status == "built", build.status
         assert build.log == "", f"{module.__name__}: the compiler warned:\n{build.log}"
+
+
+@needs_cc
+def test_cc_may_carry_arguments_as_in_make(tmp_path, monkeypatch, fresh_builds):
+    monkeypatch.setenv("CC", f"{os.environ.get('CC') or 'cc'} -DMOEBENCH_CC_ARGUMENT=1")
+    monkeypatch.setenv("MOEBENCH_NATIVE_CACHE", str(tmp_path / "cache"))
+    assert dispatch_native.build().status == "built"
+
+
+def test_a_cache_path_that_is_a_file_is_refused_with_the_reason(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MOEBENCH_NATIVE_CACHE", str(tmp_path / "file"))
+    folder, problem = native_build.safe_cache_dir()
+    assert folder is None and "is not a regular folder" in problem
