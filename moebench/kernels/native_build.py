@@ -129,12 +129,12 @@ def compiler_command() -> list[str]:
         return [cc]
 
 
-def compile_library(compiler: str, flags: list[str], source: Path, lib: Path) -> tuple[str | None, str]:
+def compile_library(command: list[str], flags: list[str], source: Path, lib: Path) -> tuple[str | None, str]:
     """Compile source into lib through a temporary file: (None or why it failed, the compiler's stderr)."""
-    tmp = lib.with_name(f"{lib.name}.{os.getpid()}")
+    tmp, compiler = lib.with_name(f"{lib.name}.{os.getpid()}"), " ".join(command)
     try:
-        done = subprocess.run([*compiler_command(), *flags, "-o", str(tmp), str(source), "-lm"], capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run([*command, *flags, "-o", str(tmp), str(source), "-lm"], capture_output=True, text=True,
+                              timeout=300)
         if done.returncode != 0:
             first = "\n".join(done.stderr.strip().splitlines()[:ERROR_LINES])
             said = f":\n{first}" if first else ", printing nothing"
@@ -185,22 +185,22 @@ def load(name: str, signatures: dict[str, list], extra_flags: list[str] = ()) ->
         text = source.read_bytes()
     except OSError as exc:
         return Build(None, f"the C source is missing from this install: {exc}")
-    compiler, flags = " ".join(compiler_command()), [*FLAGS, *extra_flags]
-    lib = library_path(folder, name, text, compiler, flags)
+    command, flags = compiler_command(), [*FLAGS, *extra_flags]
+    lib = library_path(folder, name, text, " ".join(command), flags)
     log = ""
-    if lib.exists() and unsafe_reason(lib, is_dir=False):
-        lib.unlink()  # not ours to run: build a fresh one in its place
-    if not lib.exists():
-        problem, log = compile_library(compiler, flags, source, lib)
-        if problem:
-            return Build(None, problem, log)
-    problem = unsafe_reason(lib, is_dir=False)
-    if problem:
-        return Build(None, f"refusing to load {problem}", log)
     try:
+        if os.path.lexists(lib) and unsafe_reason(lib, is_dir=False):
+            lib.unlink()  # not ours to run (or a link): build a fresh one in its place
+        if not lib.exists():
+            problem, log = compile_library(command, flags, source, lib)
+            if problem:
+                return Build(None, problem, log)
+        problem = unsafe_reason(lib, is_dir=False)
+        if problem:
+            return Build(None, f"refusing to load {problem}", log)
         dll = ctypes.CDLL(str(lib))
     except OSError as exc:
-        return Build(None, f"cannot load {lib}: {exc}", log)
+        return Build(None, f"cannot use {lib}: {exc}", log)
     for function, argtypes in signatures.items():
         getattr(dll, function).argtypes = argtypes
     return Build(dll, None, log)
