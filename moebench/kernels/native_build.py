@@ -8,7 +8,8 @@ The sources ship as package data (moebench/kernels/csrc/*.c). The shared object 
 directory, $XDG_CACHE_HOME/moebench/native or ~/.cache/moebench/native (MOEBENCH_NATIVE_CACHE overrides
 it), named by a hash of the source, the compiler, the flags and the host: -march=native code must not
 travel to another CPU. It is compiled under a temporary name (removed if the build fails or is
-interrupted) and renamed into place, so no process loads half a file.
+interrupted, or by the next build if its process was killed) and renamed into place, so no process
+loads half a file.
 
 Loading a shared object runs its code, so the cache must hold only what this user built. The folder is
 created 0700; before anything is loaded the folder must be owned by this user and not writable by group
@@ -129,9 +130,29 @@ def compiler_command() -> list[str]:
         return [cc]
 
 
+def remove_stale_temporaries(lib: Path) -> None:
+    """Delete lib's temporaries (lib.<pid>) whose building process is gone: killed outright (SIGKILL, power
+    loss), it could not remove its own."""
+    for tmp in lib.parent.glob(f"{lib.name}.*"):
+        pid = tmp.name.rsplit(".", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's process
+        return True
+    return True
+
+
 def compile_library(command: list[str], flags: list[str], source: Path, lib: Path) -> tuple[str | None, str]:
     """Compile source into lib through a temporary file: (None or why it failed, the compiler's stderr)."""
     tmp, compiler = lib.with_name(f"{lib.name}.{os.getpid()}"), " ".join(command)
+    remove_stale_temporaries(lib)
     try:
         done = subprocess.run([*command, *flags, "-o", str(tmp), str(source), "-lm"], capture_output=True, text=True,
                               timeout=300)

@@ -194,3 +194,17 @@ def test_a_cache_path_that_is_a_file_is_refused_with_the_reason(tmp_path, monkey
     monkeypatch.setenv("MOEBENCH_NATIVE_CACHE", str(tmp_path / "file"))
     folder, problem = native_build.safe_cache_dir()
     assert folder is None and "is not a regular folder" in problem
+
+
+def test_a_temporary_left_by_a_killed_build_is_removed_by_the_next_build(tmp_path, monkeypatch):
+    """A SIGKILL'd build cannot clean up after itself; the next build removes what a gone process left."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    lib = cache / "dispatch_0123456789abcdef.so"
+    stale, running = lib.with_name(f"{lib.name}.{gone.pid}"), lib.with_name(f"{lib.name}.{os.getpid()}")
+    stale.write_text("partial")
+    running.write_text("partial")  # a build still in progress (this process): kept
+    native_build.remove_stale_temporaries(lib)
+    assert not stale.exists() and running.exists()
