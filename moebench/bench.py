@@ -1,7 +1,7 @@
 """Measure one case: build the layer from its spec, time it, and collect every metric.
 
 Runs inside the runner's worker process. Returns the `metrics` / `samples` / `phases` / `memory` /
-`routing` parts of a case record (store.py); the runner adds identity and status.
+`routing` / `code` parts of a case record (store.py); the runner adds identity and status.
 Axis legend: B batch, T tokens per batch element, D model dim, E experts, K experts per token.
 """
 
@@ -19,6 +19,7 @@ from moebench import accounting
 from moebench.dispatch.common import torch_dtype
 from moebench.layers import build_layer
 from moebench.measure.ceilings import copy_bandwidth, gemm_samples
+from moebench.measure.code_path import recording
 from moebench.measure.host_sync import first_host_sync
 from moebench.measure.memory import peak_memory
 from moebench.measure.nvml import NvmlSampler, cuda_uuid
@@ -110,7 +111,9 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     _set_collect_stats(layer, True)
     state["step"] = 0  # the same input whatever the sample count, so counters compare exactly across runs
     setup()
-    step()  # one more forward, untimed, for its routing statistics
+    with recording() as code:  # which code each step ran (native C, oneDNN, torch, ...), seen at its call site
+        step()  # one more forward, untimed, for its routing statistics
+    record["code"] = code
     _set_collect_stats(layer, False)
     stats = getattr(layer, "last_stats", None)
     if stats is not None:

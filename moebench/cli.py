@@ -266,7 +266,9 @@ def env_cmd(device, threads) -> None:
 
     from moebench.measure.environment import capture_environment
 
-    click.echo(json.dumps(capture_environment(device, threads or os.cpu_count() or 1), indent=2, default=str))
+    env = capture_environment(device, threads or os.cpu_count() or 1)
+    click.echo(json.dumps(env, indent=2, default=str))
+    click.echo(f"native kernels: {env['native_kernels']}", err=True)  # readable lines; stdout stays JSON
 
 
 # --- run ------------------------------------------------------------------------------------------

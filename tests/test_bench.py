@@ -1,5 +1,7 @@
 """One case measured for real: the metric contract, forced routing, phases adding up."""
 
+import os
+import shutil
 import time
 
 import pytest
@@ -164,3 +166,60 @@ def test_cuda_graph_replays_sync_free_layers_only(backend, capacity_factor, used
     assert ("phase_experts_s" in record["metrics"]) is not used  # a replayed graph has no phases
     if not used:
         assert "host" in record["cuda_graph"]["why"]
+
+
+# --- the record's "code": which code ran each step, seen at the call sites ------------------------------
+
+QUICK = MeasurePlan(warmup=1, min_samples=2, max_samples=2, budget_s=0.05, phases=False, memory=False, ceiling=False)
+
+
+def code_of(spec: LayerSpec, tokens: int = 32) -> dict[str, str]:
+    return run_case(Case("c", {}, spec, Workload(tokens=tokens), QUICK), "cpu", threads=1)["code"]
+
+
+@pytest.mark.skipif(not shutil.which(os.environ.get("CC") or "cc"), reason="no C compiler on PATH (or CC)")
+def test_sort_gather_on_cpu_records_the_c_kernels_it_ran():
+    fp32 = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, backend="sort_gather")
+    assert code_of(fp32) == {"sort": "native_c", "experts": "torch", "swiglu": "native_c", "combine": "native_c"}
+    bf16 = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, backend="sort_gather", dtype="bfloat16")
+    assert code_of(bf16) == {"sort": "native_c", "experts": "onednn", "swiglu": "native_c", "combine": "native_c"}
+
+
+def test_sort_gather_records_torch_when_the_c_kernels_are_unavailable(monkeypatch):
+    from moebench.kernels import dispatch_native
+
+    monkeypatch.setattr(dispatch_native, "available", lambda: False)
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, backend="sort_gather", activation="gelu")
+    assert code_of(spec) == {"sort": "torch", "experts": "torch", "gelu": "torch", "combine": "torch"}
+
+
+def test_training_records_the_torch_path_autograd_takes():
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, backend="sort_gather")
+    record = run_case(Case("c", {}, spec, Workload(tokens=32, mode="forward_backward"), QUICK), "cpu", threads=1)
+    assert record["code"] == {"sort": "torch", "experts": "torch", "swiglu": "torch", "combine": "torch"}
+
+
+def test_peer_records_each_of_its_steps():
+    from moebench.kernels import peer_native
+
+    spec = LayerSpec(variant="peer", d_model=24, peer_experts=16**2, peer_heads=2, peer_k=4, d_key=12,
+                     activation="gelu")
+    native = "native_c" if peer_native.available() else "torch"
+    assert code_of(spec) == {"query": "torch", "subkey_scores": "torch", "candidate_topk": native,
+                             "gather_experts": native}
+
+
+def test_a_dense_baseline_and_shared_experts_record_torch():
+    assert code_of(LayerSpec(d_model=32, d_ff=64, variant="dense", activation="relu")) == {"experts": "torch",
+                                                                                         "relu": "torch"}
+    shared = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, variant="deepseek", n_shared=1, backend="loop")
+    assert code_of(shared) == {"experts": "torch", "swiglu": "torch", "combine": "torch", "shared": "torch"}
+
+
+def test_the_triton_backend_records_the_interpreter_on_cpu():
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the triton backend compiles its kernels")
+    spec = LayerSpec(d_model=16, d_ff=16, n_experts=2, top_k=1, backend="triton")
+    assert code_of(spec, tokens=8) == {"sort": "torch", "experts": "triton_interpreter",
+                                       "swiglu": "triton_interpreter", "combine": "torch"}

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from moebench.dispatch.common import activate, expert_rows, ffn
 from moebench.dispatch.sort_gather import kept_by_expert
+from moebench.measure.code_path import note
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
@@ -90,6 +91,8 @@ def _per_expert(x_SD: torch.Tensor, counts: list[int], w_in_EID: torch.Tensor, w
 
 def run_grouped_mm(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor,
                    activation: str) -> torch.Tensor:
+    for step in ("sort", "experts", activation, "combine"):
+        note(step, "torch")
     with phase("dispatch"):
         order_S, token_S, counts_E = kept_by_expert(routing)  # the host sync: the gathered buffer's length
         x_SD = x_TD[token_S]  # the one gather: expert e's rows are contiguous, in assignment order

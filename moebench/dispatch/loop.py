@@ -8,12 +8,15 @@ from __future__ import annotations
 import torch
 
 from moebench.dispatch.common import ffn
+from moebench.measure.code_path import note
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
 
 def run_loop(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor,
              activation: str) -> torch.Tensor:
+    for step in ("experts", activation, "combine"):
+        note(step, "torch")
     y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     for e in range(w_in_EID.shape[0]):
         with phase("dispatch"):

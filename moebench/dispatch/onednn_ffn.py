@@ -43,10 +43,12 @@ import functools
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.utils.weak import WeakIdKeyDictionary
 
 from moebench.dispatch.common import ffn
 from moebench.kernels import dispatch_native
+from moebench.measure.code_path import note
 
 DTYPES = (torch.bfloat16,)
 # Unary post-op name and algorithm per activation (gelu: "none" is the erf form, F.gelu's default).
@@ -87,6 +89,13 @@ def _probe(dtype: torch.dtype, activation: str) -> bool:
     """The fused ops exist and agree with the plain FFN on small operands, packed or not (tried once)."""
     if _linear() is None or not torch.backends.mkldnn.is_available():
         return False
+    # cached for the process: tried on real tensors even when first asked under a fake-tensor mode (the
+    # host-sync probe), where the comparison below could not read its result
+    with unset_fake_temporarily():
+        return _agrees(dtype, activation)
+
+
+def _agrees(dtype: torch.dtype, activation: str) -> bool:
     gen = torch.Generator().manual_seed(0)
     Fh = 24
     x_nD = torch.randn(5, 16, generator=gen).to(dtype)
@@ -168,6 +177,8 @@ def fused_ffn(x_nD: torch.Tensor, weights: ExpertWeights, row_scale_n1: torch.Te
     act_buf: [n, F] storage the C swiglu pass may write act into (else it allocates)."""
     linear = _linear()
     x_nD = x_nD.contiguous()
+    note("experts", "onednn")
+    note(weights.activation, "native_c" if weights.activation == "swiglu" and weights.w_b is None else "onednn")
     if weights.activation == "swiglu" and weights.w_b is None:
         act_nF = dispatch_native.swiglu_bf16(linear(x_nD, weights.w_a, None, "none", [], ""), act_buf)
     elif weights.activation == "swiglu":

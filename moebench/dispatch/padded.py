@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from moebench.dispatch.common import activate
+from moebench.measure.code_path import note
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
@@ -46,6 +47,8 @@ def run_padded(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_o
                activation: str) -> torch.Tensor:
     T, D = x_TD.shape
     E, kept_A = routing.n_experts, routing.kept_A
+    for step in ("experts", activation, "combine"):
+        note(step, "torch")
     with phase("dispatch"):
         pos_A, load_E = slot_in_expert(routing)
         if routing.capacity is not None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from moebench.dispatch import onednn_ffn
 from moebench.dispatch.common import activate, expert_rows, ffn
 from moebench.kernels import dispatch_native
-from moebench.kernels.native_build import plain_cpu
+from moebench.measure.code_path import note
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 
@@ -60,8 +60,7 @@ def kept_by_expert(routing: Routing) -> tuple[torch.Tensor, torch.Tensor, torch.
 def activate_inplace(h_nI: torch.Tensor, activation: str) -> torch.Tensor:
     """activate(h) computed in h's own storage (no autograd): for swiglu the result is the gate half
     of h, a strided view the next GEMM reads directly (float32 on CPU: one C pass, not two of torch's)."""
-    if activation == "swiglu" and h_nI.dtype == torch.float32 and plain_cpu(h_nI) and h_nI.is_contiguous() \
-            and dispatch_native.available():
+    if native_swiglu_f32(h_nI, activation):
         return dispatch_native.swiglu_f32_(h_nI)
     if activation == "swiglu":
         gate_nF, up_nF = h_nI.chunk(2, dim=-1)
@@ -71,22 +70,31 @@ def activate_inplace(h_nI: torch.Tensor, activation: str) -> torch.Tensor:
     return activate(h_nI, activation)  # gelu has no in-place form
 
 
+def native_swiglu_f32(h_nI: torch.Tensor, activation: str) -> bool:
+    """Whether activate_inplace runs the C swiglu pass on h (float32 on CPU, where the kernels built)."""
+    return (activation == "swiglu" and h_nI.dtype == torch.float32 and h_nI.device.type == "cpu"
+            and h_nI.is_contiguous() and dispatch_native.available())
+
+
 def run_sort_gather(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_out_EDF: torch.Tensor,
                     activation: str) -> torch.Tensor:
     tracked = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x_TD, w_in_EID, w_out_EDF, routing.weight_A))
-    if not tracked and plain_cpu(x_TD, routing.expert_A, routing.kept_A, routing.token_A, routing.weight_A) \
-            and dispatch_native.available():
+    if not tracked and x_TD.device.type == "cpu" and dispatch_native.available():
+        note("sort", "native_c")
         with phase("dispatch"):  # one C pass (a counting sort) for the torch ops below
             token_S, weight_S, counts = dispatch_native.sort_by_expert(
                 routing.expert_A, routing.kept_A, routing.token_A, routing.weight_A, routing.n_experts)
         return _untracked(x_TD, token_S, weight_S[:, None], counts, w_in_EID, w_out_EDF, activation).to(x_TD.dtype)
+    note("sort", "torch")
     with phase("dispatch"):
         order_S, token_S, counts_E = kept_by_expert(routing)
         counts = counts_E.tolist()
         weight_S1 = routing.weight_A[order_S, None].float()
     if not tracked:
         return _untracked(x_TD, token_S, weight_S1, counts, w_in_EID, w_out_EDF, activation).to(x_TD.dtype)
+    for step in ("experts", activation, "combine"):
+        note(step, "torch")
     y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     for e, rows in expert_rows(counts):
         with phase("dispatch"):
@@ -108,16 +116,20 @@ def _untracked(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S1: torch.Tenso
     combine weight scales whichever of act [n, F] (in x's dtype, one extra rounding) or out [n, D]
     (float32) is smaller."""
     n_max, D, I = max(counts, default=0), x_TD.shape[1], w_in_EID.shape[1]
-    plain = plain_cpu(x_TD, token_S, weight_S1, w_in_EID, w_out_EDF)  # C code may read them (not fake tensors)
-    native = plain and x_TD.dtype in dispatch_native.DTYPES and dispatch_native.available()
+    cpu = x_TD.device.type == "cpu"
+    native = cpu and x_TD.dtype in dispatch_native.DTYPES and dispatch_native.available()
     # On CPU the activation runs inside the GEMMs where torch's oneDNN post-ops allow (onednn_ffn).
     fused = (onednn_ffn.expert_weights(w_in_EID, w_out_EDF, activation)
-             if plain and onednn_ffn.available(x_TD, w_in_EID, w_out_EDF, activation) else None)
+             if cpu and onednn_ffn.available(x_TD, w_in_EID, w_out_EDF, activation) else None)
     if fused is not None and native:
         return _fused_native(x_TD, token_S, weight_S1.view(-1), counts, fused, w_out_EDF.shape[2])
+    note("experts", "onednn" if fused is not None else "torch")  # fused_ffn notes its activation
+    note("combine", "native_c" if native else "torch")
     y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
     x_buf = x_TD.new_empty(n_max, D)
     h_buf = x_TD.new_empty(0 if fused is not None else n_max, I)
+    if fused is None:
+        note(activation, "native_c" if native_swiglu_f32(h_buf, activation) else "torch")
     out_buf = x_TD.new_empty(n_max, D)
     f32_buf = out_buf if x_TD.dtype == torch.float32 or native else torch.empty(n_max, D, device=x_TD.device)
     scale_act = w_out_EDF.shape[2] <= D and not native
@@ -156,6 +168,7 @@ def _fused_native(x_TD: torch.Tensor, token_S: torch.Tensor, weight_S: torch.Ten
     n_max = max(counts, default=0)
     x_buf, act_buf = x_TD.new_empty(n_max, x_TD.shape[1]), x_TD.new_empty(n_max, F)
     outs = []
+    note("combine", "native_c")
     for e, rows in expert_rows(counts):
         n = rows.stop - rows.start
         with phase("dispatch"):

@@ -24,6 +24,7 @@ import torch
 from moebench.dispatch.common import Backend
 from moebench.dispatch.grouped_mm import run_grouped_mm
 from moebench.dispatch.sort_gather import kept_by_expert
+from moebench.measure.code_path import note
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing
 from moebench.spec import LayerSpec
@@ -57,6 +58,9 @@ def _forward(x_TD: torch.Tensor, routing: Routing, w_in_EID: torch.Tensor, w_out
              activation: str) -> torch.Tensor:
     from moebench.kernels.grouped_triton import grouped_ffn  # imports triton: only when run
 
+    kernels = "triton_interpreter" if interpreter_on() else "triton"
+    for step, impl in (("sort", "torch"), ("experts", kernels), (activation, kernels), ("combine", "torch")):
+        note(step, impl)
     with phase("dispatch"):
         order_S, token_S, counts_E = kept_by_expert(routing)  # the host sync: the sorted buffer's length
     with phase("experts"):

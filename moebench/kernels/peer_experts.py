@@ -26,8 +26,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from moebench.dispatch.common import activate
+from moebench.measure.code_path import note
 
 IMPLS = ("torch", "compile", "triton", "native")
+_CODE = {"torch": "torch", "compile": "torch_compile", "native": "native_c"}  # each impl's code_path name
 CHUNK_BYTES = 32 * 2**20  # default gather chunk: C*A*D*itemsize stays under this
 
 
@@ -38,6 +40,12 @@ def _embedding_bag_flops(weight_shape, indices_shape, *args, out_shape=None, **k
     it replaces here, so counted FLOPs stay comparable with moebench.accounting."""
     per_sample_weights = args[4] if len(args) > 4 else kwargs.get("per_sample_weights")
     return (2 if per_sample_weights is not None else 1) * indices_shape.numel() * weight_shape[1]
+
+
+def _triton_code() -> str:
+    from moebench.dispatch.triton import interpreter_on
+
+    return "triton_interpreter" if interpreter_on() else "triton"
 
 
 def chunk_tokens_for(A: int, D: int, itemsize: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -100,6 +108,7 @@ def peer_experts(x_TD: torch.Tensor, u_ND: torch.Tensor, v_ND: torch.Tensor, idx
     """y_TD = sum_a act(u[idx] . x) * g * v[idx]; h, act and g in float32, gathers in u/v's dtype."""
     if impl not in IMPLS:
         raise ValueError(f"PEER experts impl={impl!r} is invalid: allowed values are {', '.join(IMPLS)}")
+    note("gather_experts", _CODE[impl] if impl != "triton" else _triton_code())
     if impl == "triton":
         from moebench.kernels.peer_triton import peer_experts_triton  # imports triton: only when asked
 

@@ -11,8 +11,11 @@ Why C: torch.topk costs ~4 us per row of 1024 scores on CPU (16384 rows per forw
 config: 65 ms of a 270 ms forward); this runs ~3x faster, and torch offers no pruned or fused top-k. The
 gather-dot reads random 2 KiB rows, bound by memory latency: software prefetch (which neither torch nor
 inductor emits) keeps several rows in flight, ~10% faster than the inductor loop at that config.
-The source is compiled once with the system C compiler, as inductor's CPU code is (moebench.kernels.
-native_build), and called through ctypes; `available()` says whether that worked. Scores equal torch's
+The source is moebench/kernels/csrc/peer.c, compiled once per machine with the system C compiler, as
+inductor's CPU code is (moebench.kernels.native_build), and called through ctypes inside two torch custom
+ops (torch.ops.moebench.peer_product_topk, peer_gather_dot) whose fake kernels let fake tensors and
+torch.compile through without running C; `available()` says whether it compiled (`build().status` why
+not). Scores equal torch's
 bit for bit (the same float32 sums); which of tied scores is kept may differ from torch.topk, as between
 torch versions. NaN scores are never retrieved (torch.topk ranks them first; a row with under K other
 scores is padded with -inf scores of expert 0).
@@ -30,177 +33,30 @@ import torch
 
 from moebench.kernels import native_build
 
-SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-/* Insert (x, i) into the descending buffer val/idx of n <= k entries; equal values keep the older first. */
-static inline void insert(float x, int64_t i, float* val, int64_t* idx, int64_t* n, int64_t k) {
-    int64_t j = *n < k ? (*n)++ : k - 1;
-    while (j > 0 && x > val[j - 1]) { val[j] = val[j - 1]; idx[j] = idx[j - 1]; j--; }
-    val[j] = x; idx[j] = i;
-}
-
-/* Top k of the whole row, NaN skipped; returns how many it found (< k only with NaN in the row). */
-static int64_t row_topk_scan(const float* s, int64_t R, int64_t k, float* val, int64_t* idx) {
-    int64_t n = 0;
-    for (int64_t r = 0; r < R; r++)
-        if (n < k ? s[r] == s[r] : s[r] > val[k - 1]) insert(s[r], r, val, idx, &n, k);
-    return n;
-}
-
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-static inline v8f load8(const float* p) { v8f r; memcpy(&r, p, sizeof r); return r; }
-#ifdef __AVX__
-#include <immintrin.h>
-static inline int mask_ge(v8f x, v8f t) { return _mm256_movemask_ps(_mm256_cmp_ps((__m256)x, (__m256)t, _CMP_GE_OQ)); }
-#else
-static inline int mask_ge(v8f x, v8f t) { int m = 0; for (int l = 0; l < 8; l++) m |= (x[l] >= t[l]) << l; return m; }
-#endif
-/* elementwise max that ignores a NaN in b */
-static inline v8f max8(v8f a, v8f b) { v8i m = (a > b) | (b != b); return (v8f)(((v8i)a & m) | ((v8i)b & ~m)); }
-
-/* Exact pruned top k of one row (k <= 16), sorted descending. The row is NG groups, group j = {j + NG*i},
-   whose maxima are elementwise maxima of R/NG vectors. Any tau that k group maxima reach is reached by k
-   scores, so it bounds the k-th largest score from below and only scores >= tau can be in the top k. A
-   first tau: the least of the maxima of 16 disjoint sets of groups (16 groups reach it); BISECT halvings
-   toward the largest maximum then raise it while k group maxima still reach it. The scores >= tau (about
-   k of them on random rows), found by vector compares, enter the sorted buffer. Ties at tau may resolve
-   to other, equal, scores. */
-#define NG 64
-#define BISECT 6
-static void row_topk(const float* s, int64_t R, int64_t k, float* val, int64_t* idx) {
-    int64_t n = 0;
-    if (R % NG == 0 && k <= 16 && R >= 4 * NG) {
-        v8f gm[NG / 8];
-        for (int j = 0; j < NG / 8; j++) gm[j] = load8(s + 8 * j);
-        for (int64_t r = NG; r < R; r += NG)
-            for (int j = 0; j < NG / 8; j++) gm[j] = max8(gm[j], load8(s + r + 8 * j));
-        v8f m1 = max8(max8(gm[0], gm[2]), max8(gm[4], gm[6])), m2 = max8(max8(gm[1], gm[3]), max8(gm[5], gm[7]));
-        v8f top = max8(m1, m2);
-        float tau = m1[0], hi = top[0];
-        for (int l = 0; l < 8; l++) {
-            tau = m1[l] < tau ? m1[l] : tau;
-            tau = m2[l] < tau ? m2[l] : tau;
-            hi = top[l] > hi ? top[l] : hi;
-        }
-        for (int it = 0; it < BISECT; it++) {  /* raise tau while >= k group maxima still reach it */
-            float mid = tau + (hi - tau) * 0.5f;
-            v8f mv = {mid, mid, mid, mid, mid, mid, mid, mid};
-            v8i cnt = {0};
-            for (int j = 0; j < NG / 8; j++) cnt -= gm[j] >= mv;
-            int above = ((cnt[0] + cnt[1]) + (cnt[2] + cnt[3])) + ((cnt[4] + cnt[5]) + (cnt[6] + cnt[7]));
-            if (above >= k) tau = mid; else hi = mid;
-        }
-        v8f tv = {tau, tau, tau, tau, tau, tau, tau, tau};
-        for (int64_t r = 0; r < R; r += 8)  /* a vector compare per 8 scores; ~k of them pass */
-            for (int m = mask_ge(load8(s + r), tv); m; m &= m - 1) {
-                int64_t i = r + __builtin_ctz(m);
-                if (n < k || s[i] > val[k - 1]) insert(s[i], i, val, idx, &n, k);
-            }
-        if (n == k) return;  /* else NaN spoilt the bounds: scan the whole row */
-        n = 0;
-    }
-    for (n = row_topk_scan(s, R, k, val, idx); n < k; n++) { val[n] = -INFINITY; idx[n] = 0; }
-}
-
-typedef struct {
-    const float* s; float* score; int64_t* out; const int64_t* pi; const int64_t* pj;
-    int64_t H, T, R, K, C, lo, hi;
-} topk_job;
-
-/* rows (h, t) in [lo, hi); s is [H, 2, T, R]; score/out are [T, H, K]. */
-static void* topk_run(void* arg) {
-    topk_job* a = (topk_job*)arg;
-    float v1[256], v2[256];
-    int64_t i1[256], i2[256];
-    for (int64_t row = a->lo; row < a->hi; row++) {
-        int64_t h = row / a->T, t = row % a->T, n = 0;
-        row_topk(a->s + ((h * 2) * a->T + t) * a->R, a->R, a->K, v1, i1);
-        row_topk(a->s + ((h * 2 + 1) * a->T + t) * a->R, a->R, a->K, v2, i2);
-        float* val = a->score + (t * a->H + h) * a->K;
-        int64_t* idx = a->out + (t * a->H + h) * a->K;
-        for (int64_t c = 0; c < a->C; c++) {
-            float x = v1[a->pi[c]] + v2[a->pj[c]];
-            if (n < a->K || x > val[a->K - 1]) insert(x, i1[a->pi[c]] * a->R + i2[a->pj[c]], val, idx, &n, a->K);
-        }
-    }
-    return 0;
-}
-
-typedef struct {
-    const float *x, *u; const int64_t* idx; float* h;
-    int64_t A, D, lo, hi;
-} dot_job;
-
-#define AHEAD 4  /* retrievals ahead whose u rows are prefetched: rows in flight while one is summed */
-
-/* tokens [lo, hi): h[t, a] = u[idx[t, a]] . x_t */
-static void* dot_run(void* arg) {
-    dot_job* a = (dot_job*)arg;
-    int64_t D = a->D, end = a->hi * a->A;
-    for (int64_t t = a->lo; t < a->hi; t++) {
-        const float* x = a->x + t * D;
-        for (int64_t p = t * a->A; p < (t + 1) * a->A; p++) {
-            if (p + AHEAD < end)
-                for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(a->u + a->idx[p + AHEAD] * D + d);
-            const float* u = a->u + a->idx[p] * D;
-            v8f acc[4] = {0};
-            int64_t d = 0;
-            for (; d + 32 <= D; d += 32)
-                for (int j = 0; j < 4; j++) acc[j] += load8(u + d + 8 * j) * load8(x + d + 8 * j);
-            v8f r = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-            float h = ((r[0] + r[4]) + (r[2] + r[6])) + ((r[1] + r[5]) + (r[3] + r[7]));
-            for (; d < D; d++) h += u[d] * x[d];
-            a->h[p] = h;
-        }
-    }
-    return 0;
-}
-
-/* One job per OpenMP thread, on torch's own workers (native_build says why). Without OpenMP support the
-   pragma is ignored: serial. */
-static void fan_out(void* (*run)(void*), void* jobs, size_t size, int n) {
-    #pragma omp parallel for num_threads(n) schedule(static, 1)
-    for (int i = 0; i < n; i++) run((char*)jobs + i * size);
-}
-
-void peer_product_topk(const float* s, float* score, int64_t* out, const int64_t* pi, const int64_t* pj,
-                       int64_t H, int64_t T, int64_t R, int64_t K, int64_t C, int n) {
-    topk_job jobs[64];
-    for (int i = 0; i < n; i++)
-        jobs[i] = (topk_job){s, score, out, pi, pj, H, T, R, K, C, H * T * i / n, H * T * (i + 1) / n};
-    fan_out(topk_run, jobs, sizeof(topk_job), n);
-}
-
-void peer_gather_dot(const float* x, const float* u, const int64_t* idx, float* h, int64_t T, int64_t A, int64_t D,
-                     int n) {
-    dot_job jobs[64];
-    for (int i = 0; i < n; i++) jobs[i] = (dot_job){x, u, idx, h, A, D, T * i / n, T * (i + 1) / n};
-    fan_out(dot_run, jobs, sizeof(dot_job), n);
-}
-"""
 MAX_K = 256  # the C buffers' size
 MAX_THREADS = native_build.MAX_THREADS
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
+def build() -> native_build.Build:
+    """csrc/peer.c compiled and loaded once per process (or why not)."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    return native_build.load("peer", SOURCE, {"peer_product_topk": [ptr] * 5 + [i64] * 5 + [ctypes.c_int],
-                                              "peer_gather_dot": [ptr] * 4 + [i64] * 3 + [ctypes.c_int]})
+    built = native_build.load("peer", {"peer_product_topk": [ptr] * 5 + [i64] * 5 + [ctypes.c_int],
+                                       "peer_gather_dot": [ptr] * 4 + [i64] * 4 + [ctypes.c_int]})
+    if built.dll is not None:
+        built.dll.peer_gather_dot.restype = i64
+    return built
 
 
 def available() -> bool:
-    """True when the C source compiled here (a C compiler is on PATH, or CC names one)."""
-    return _library() is not None
+    """True when csrc/peer.c compiled and loaded here (build().status says why not)."""
+    return build().dll is not None
 
 
-def _need_library() -> None:
-    if not available():
-        raise RuntimeError("peer_native: the C source did not compile (no C compiler on PATH? set CC)")
+def _lib() -> ctypes.CDLL:
+    if build().dll is None:
+        raise RuntimeError(f"peer_native: native kernels {build().status}")
+    return build().dll
 
 
 def _threads(work: int) -> int:
@@ -209,9 +65,61 @@ def _threads(work: int) -> int:
 
 def _check(*tensors: torch.Tensor, dtype: torch.dtype) -> None:
     for t in tensors:
-        if not native_build.plain_cpu(t) or not t.is_contiguous() or t.dtype != dtype:
+        if t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype:
             raise ValueError(f"peer_native needs contiguous CPU {dtype} tensors, got {t.dtype} on {t.device}"
                              f"{'' if t.is_contiguous() else ' (not contiguous)'}")
+
+
+# The C functions as torch custom ops. Each checks its arguments (the C code trusts shapes and layouts; it
+# checks index ranges itself) and runs C on real CPU tensors; under fake tensors (the host-sync probe,
+# torch.compile's tracing) its fake kernel checks the same and only says what the outputs look like.
+_OPS = torch.library.Library("moebench", "FRAGMENT")  # kept alive: dropping it would unregister the ops
+
+
+def _check_product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: int, score_THK: torch.Tensor,
+                        idx_THK: torch.Tensor) -> None:
+    if s_HPTR.dim() != 4 or s_HPTR.shape[1] != 2 or not 1 <= K <= min(s_HPTR.shape[3], MAX_K):
+        raise ValueError(f"product_topk needs s [H, 2, T, R] and 1 <= K <= min(R, {MAX_K}), got s "
+                         f"{tuple(s_HPTR.shape)}, K={K}")
+    _check(s_HPTR, score_THK, dtype=torch.float32)
+    _check(i_C, j_C, idx_THK, dtype=torch.int64)
+    H, _, T, _ = s_HPTR.shape
+    if score_THK.shape != (T, H, K) or idx_THK.shape != (T, H, K) or i_C.dim() != 1 or i_C.shape != j_C.shape:
+        raise ValueError(f"product_topk out= needs [T, H, K] = [{T}, {H}, {K}] tensors, and two equal 1-d rank lists; "
+                         f"got {tuple(score_THK.shape)}, {tuple(idx_THK.shape)}, {tuple(i_C.shape)}, "
+                         f"{tuple(j_C.shape)}")
+
+
+@native_build.custom_op(_OPS, "peer_product_topk(Tensor s_HPTR, Tensor i_C, Tensor j_C, int K, "
+                              "Tensor(a!) score_THK, Tensor(b!) idx_THK) -> ()", fake=_check_product_topk)
+def _product_topk_op(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: int, score_THK: torch.Tensor,
+                     idx_THK: torch.Tensor) -> None:
+    _check_product_topk(s_HPTR, i_C, j_C, K, score_THK, idx_THK)
+    H, _, T, R = s_HPTR.shape
+    if _lib().peer_product_topk(s_HPTR.data_ptr(), score_THK.data_ptr(), idx_THK.data_ptr(), i_C.data_ptr(),
+                                j_C.data_ptr(), H, T, R, K, len(i_C), _threads(H * T)):
+        raise ValueError(f"product_topk: candidate ranks must lie in [0, K = {K})")
+
+
+def _dots_like(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Tensor) -> torch.Tensor:
+    """The gather-dot's output, after checking its arguments."""
+    _check(x_TD, u_ND, dtype=torch.float32)
+    _check(idx_TA, dtype=torch.int64)
+    if x_TD.dim() != 2 or u_ND.dim() != 2 or idx_TA.dim() != 2 or u_ND.shape[1] != x_TD.shape[1] \
+            or len(idx_TA) != len(x_TD):
+        raise ValueError(f"gather_dot: x {tuple(x_TD.shape)}, u {tuple(u_ND.shape)}, idx {tuple(idx_TA.shape)} "
+                         "disagree")
+    return x_TD.new_empty(x_TD.shape[0], idx_TA.shape[1])
+
+
+@native_build.custom_op(_OPS, "peer_gather_dot(Tensor x_TD, Tensor u_ND, Tensor idx_TA) -> Tensor", fake=_dots_like)
+def _gather_dot_op(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Tensor) -> torch.Tensor:
+    h_TA = _dots_like(x_TD, u_ND, idx_TA)
+    (T, A), (N, D) = h_TA.shape, u_ND.shape
+    if T and A and _lib().peer_gather_dot(x_TD.data_ptr(), u_ND.data_ptr(), idx_TA.data_ptr(), h_TA.data_ptr(),
+                                          N, T, A, D, _threads(T)):
+        raise ValueError(f"gather_dot: indices outside [0, {N})")
+    return h_TA
 
 
 def product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: int, *,
@@ -219,34 +127,13 @@ def product_topk(s_HPTR: torch.Tensor, i_C: torch.Tensor, j_C: torch.Tensor, K: 
     """(score_THK, idx_THK) of the top K product keys per (token, head), sorted descending; expert a*R + b.
     s_HPTR: float32 [H, 2, T, R] sub-key scores; i_C, j_C: candidate rank pairs (candidate_pairs(K));
     out: contiguous float32 and int64 [T, H, K] to write into."""
-    _need_library()
-    H, P, T, R = s_HPTR.shape
-    if P != 2 or not 1 <= K <= min(R, MAX_K):
-        raise ValueError(f"product_topk needs P = 2 and 1 <= K <= min(R, {MAX_K}), got P={P}, K={K}, R={R}")
-    score_THK, idx_THK = out or (s_HPTR.new_empty(T, H, K), torch.empty(T, H, K, dtype=torch.int64))
-    i_C, j_C = i_C.contiguous(), j_C.contiguous()
-    _check(s_HPTR, score_THK, dtype=torch.float32)
-    _check(i_C, j_C, idx_THK, dtype=torch.int64)
-    if score_THK.shape != (T, H, K) or idx_THK.shape != (T, H, K):
-        raise ValueError(f"product_topk out= needs two [T, H, K] = [{T}, {H}, {K}] tensors")
-    if T:
-        _library().peer_product_topk(s_HPTR.data_ptr(), score_THK.data_ptr(), idx_THK.data_ptr(), i_C.data_ptr(),
-                                     j_C.data_ptr(), H, T, R, K, len(i_C), _threads(H * T))
+    H, _, T, _ = s_HPTR.shape
+    score_THK, idx_THK = out or (s_HPTR.new_empty(T, H, K), s_HPTR.new_empty(T, H, K, dtype=torch.int64))
+    _product_topk_op(s_HPTR, i_C.contiguous(), j_C.contiguous(), K, score_THK, idx_THK)
     return score_THK, idx_THK
 
 
 def gather_dot(x_TD: torch.Tensor, u_ND: torch.Tensor, idx_TA: torch.Tensor) -> torch.Tensor:
     """h_TA[t, a] = u[idx[t, a]] . x_t in float32, the u rows of the next retrievals prefetched; no autograd.
-    Indices are trusted to lie in [0, N) (they come from retrieval)."""
-    _need_library()
-    _check(x_TD, u_ND, dtype=torch.float32)
-    _check(idx_TA, dtype=torch.int64)
-    (T, D), A = x_TD.shape, idx_TA.shape[1]
-    if u_ND.shape[1] != D or len(idx_TA) != T:
-        raise ValueError(f"gather_dot: x {tuple(x_TD.shape)}, u {tuple(u_ND.shape)}, idx {tuple(idx_TA.shape)} "
-                         "disagree")
-    h_TA = x_TD.new_empty(T, A)
-    if T and A:
-        _library().peer_gather_dot(x_TD.data_ptr(), u_ND.data_ptr(), idx_TA.data_ptr(), h_TA.data_ptr(), T, A, D,
-                                   _threads(T))
-    return h_TA
+    An index outside [0, N) is a ValueError."""
+    return _gather_dot_op(x_TD, u_ND, idx_TA)

@@ -11,6 +11,7 @@ from torch import nn
 
 from moebench.dispatch.common import torch_dtype
 from moebench.layers.experts import FFN
+from moebench.measure.code_path import note
 from moebench.spec import LayerSpec
 
 
@@ -22,4 +23,6 @@ class DenseFFN(nn.Module):
         self.last_stats = None  # no routing
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        note("experts", "torch")  # the one expert: two GEMMs and the activation in torch
+        note(self.spec.activation, "torch")
         return self.ffn(x.reshape(-1, x.shape[-1])).reshape(x.shape)

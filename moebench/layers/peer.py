@@ -49,8 +49,8 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from moebench.dispatch.common import torch_dtype
 from moebench.kernels import peer_native
-from moebench.kernels.native_build import plain_cpu
 from moebench.kernels.peer_experts import peer_experts
+from moebench.measure.code_path import note
 from moebench.measure.phases import phase
 from moebench.routing.assignment import Routing, RoutingStats
 from moebench.spec import LayerSpec
@@ -67,8 +67,8 @@ def candidate_pairs(K: int, device: torch.device) -> tuple[torch.Tensor, torch.T
     be in the top K only if (i+1)(j+1) <= K: C = sum_i floor(K / i) pairs (50 for K = 16, not 256)."""
     pairs = [(i, j) for i in range(K) for j in range(K) if (i + 1) * (j + 1) <= K]
     # Cached across calls: made outside inference mode, or a later training step could not save it, and
-    # outside any fake-tensor mode (moebench.measure.host_sync's probe), or the cache would hand later
-    # real forwards fake tensors, which have no memory for the C top-k to read.
+    # outside any fake-tensor mode (moebench.measure.host_sync's probe, torch.compile's tracing), or the
+    # cache would hand later real forwards fake tensors (shapes without data) for their real ones.
     with torch.inference_mode(False), unset_fake_temporarily():
         i_C, j_C = torch.tensor(pairs, dtype=torch.long, device=device).T
     return i_C, j_C
@@ -142,7 +142,7 @@ class PEER(nn.Module):
             src, version, keys_GPQR = cache
             if src.data_ptr() == keys.data_ptr() and src.shape == keys.shape and keys._version == version:
                 return keys_GPQR
-        with torch.no_grad(), unset_fake_temporarily():  # a real copy even under the host-sync probe
+        with torch.no_grad(), unset_fake_temporarily():  # real even under a fake-tensor mode: see candidate_pairs
             self._keys_cache = (keys.detach(), keys._version, keys.float().transpose(-1, -2).contiguous())
         return self._keys_cache[2]
 
@@ -182,10 +182,13 @@ class PEER(nn.Module):
                              f"{', '.join(TOPK_IMPLS)}")
         s1_THR, s2_THR = s_THPR[:, :, 0], s_THPR[:, :, 1]
         if self.spec.peer_retrieval == "brute":
+            note("candidate_topk", "torch")
             all_THN = (s1_THR.unsqueeze(-1) + s2_THR.unsqueeze(-2)).flatten(-2)  # [T, H, R*R]
             return all_THN.topk(K, dim=-1)
         if self._resolved_topk_impl(s_THPR) == "native":
+            note("candidate_topk", "native_c")
             return self._retrieve_native(s_THPR)
+        note("candidate_topk", "torch")
         top1_THK, a_THK = s1_THR.topk(K, dim=-1)  # sorted, descending
         top2_THK, b_THK = s2_THR.topk(K, dim=-1)
         i_C, j_C = candidate_pairs(K, s1_THR.device)
@@ -197,13 +200,13 @@ class PEER(nn.Module):
     def _resolved_topk_impl(self, scores: torch.Tensor) -> str:
         if self.topk_impl != "auto":
             return self.topk_impl
-        native = plain_cpu(scores) and scores.dtype == torch.float32 and peer_native.available()
+        native = scores.device.type == "cpu" and scores.dtype == torch.float32 and peer_native.available()
         return "native" if native else "torch"
 
     def _resolved_experts_impl(self, x_TD: torch.Tensor) -> str:
         if self.experts_impl != "auto":
             return self.experts_impl
-        native = plain_cpu(x_TD, self.u_ND) and self.u_ND.dtype == torch.float32 and peer_native.available()
+        native = x_TD.device.type == "cpu" and self.u_ND.dtype == torch.float32 and peer_native.available()
         return "native" if native else "torch"
 
     def _retrieve_native(self, s_THPR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,10 +236,13 @@ class PEER(nn.Module):
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """x: [..., D] -> y: [..., D]. token_ids is accepted for interface parity and ignored."""
         x_TD = x.reshape(-1, x.shape[-1]).to(self.u_ND.dtype)
+        note("query", "torch")
+        note("subkey_scores", "torch")
         with phase("query"):
             q = self.queries(x_TD)
         if (self.spec.peer_retrieval == "product" and not self._needs_autograd(q)
                 and self._resolved_topk_impl(q) == "native"):
+            note("candidate_topk", "native_c")
             score_THK, idx_THK = self.retrieve_in_blocks(q)
         else:
             with phase("subkey_scores"):

@@ -17,6 +17,7 @@ from torch import nn
 
 from moebench.dispatch.common import torch_dtype
 from moebench.layers.experts import FFN, RoutedExperts
+from moebench.measure.code_path import note
 from moebench.measure.phases import phase
 from moebench.routing.assignment import RoutingStats
 from moebench.spec import LayerSpec
@@ -51,6 +52,7 @@ class RoutedMoE(nn.Module):
                 y_TD = y_TD * self.spec.routed_scaling
         if self.shared is not None:
             with phase("shared"):
+                note("shared", "torch")
                 shared_TD = self.shared(x_TD)
                 if self.shared_gate is not None:
                     shared_TD = torch.sigmoid(self.shared_gate(x_TD)) * shared_TD

@@ -3,7 +3,8 @@
 Every field is best effort: a missing git, package, /proc/cpuinfo, driver or GPU gives None (or a
 dict with "available": False) and never an exception, because a benchmark must still run and record
 what it could. The host name is stored as a short hash: enough to tell runs on the same machine
-apart without publishing the name in committed baselines.
+apart without publishing the name in committed baselines. `native_kernels` says whether moebench's C
+kernels built here ("built", or "unavailable: <reason>"; docs/native-kernels.md).
 """
 
 from __future__ import annotations
@@ -44,7 +45,17 @@ def capture_environment(device: str, threads: int) -> dict[str, Any]:
         "device": device,
         "gpu": gpu_info(device),
         "hostname_hash": hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12],
+        "native_kernels": _safe(native_kernels, "unavailable: the status check failed"),
     }
+
+
+def native_kernels() -> str:
+    """"built" when moebench's C kernels (moebench/kernels/csrc) compiled and loaded here, else
+    "unavailable: <reason>", the reason holding the compiler's first error lines where it failed."""
+    from moebench.kernels import dispatch_native, peer_native
+
+    reasons = [b.reason for b in (dispatch_native.build(), peer_native.build()) if b.dll is None]
+    return "unavailable: " + "\n".join(dict.fromkeys(reasons)) if reasons else "built"
 
 
 def _safe(fn, default=None):

@@ -11,14 +11,14 @@ from moebench.dispatch import onednn_ffn
 from moebench.dispatch.common import ffn
 from moebench.dispatch.loop import run_loop
 from moebench.dispatch.sort_gather import run_sort_gather
-from moebench.kernels import dispatch_native
+from moebench.kernels import dispatch_native, native_build
 from moebench.routing.assignment import Routing
 
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 BF16 = torch.bfloat16
 needs_mkldnn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 # swiglu as one GEMM + the C pass (needs a C compiler), or as two post-op GEMMs (the fallback)
-SPLITS = [pytest.param(False, marks=pytest.mark.skipif(not dispatch_native.available(), reason="no C compiler")),
+SPLITS = [pytest.param(False, marks=pytest.mark.skipif(not native_build.compiler_present(), reason="no C compiler")),
           True]
 
 
@@ -47,7 +47,7 @@ def fuse_any_width(monkeypatch):
                                                 ("swiglu", True)])
 def test_only_experts_wide_enough_take_post_ops(activation, native, monkeypatch):
     """The width limit holds for post-op fusion; swiglu with the C pass runs fused at any width."""
-    if native and not dispatch_native.available():
+    if native and not native_build.compiler_present():
         pytest.skip("no C compiler")
     monkeypatch.setattr(onednn_ffn, "MIN_F_OVER_D", 2.0)
     monkeypatch.setattr(dispatch_native, "available", lambda: native)

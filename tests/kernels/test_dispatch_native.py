@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moebench.kernels import dispatch_native
+from moebench.kernels import dispatch_native, native_build
 
-pytestmark = pytest.mark.skipif(not dispatch_native.available(), reason="no C compiler for dispatch_native")
+# Skipped only without a compiler: where one exists and the build fails, these tests fail and say why.
+pytestmark = pytest.mark.skipif(not native_build.compiler_present(), reason="no C compiler on PATH (or CC)")
 BF16 = torch.bfloat16
 
 
@@ -53,15 +54,6 @@ def test_swiglu_f32_in_place(n, Fh):
     assert torch.equal(h[:, Fh:], up)  # the up half is left as it was
     edge = torch.tensor([[float("-inf"), -1e4, 1e4, float("nan"), 1.0, 1.0, 1.0, 1.0]])
     torch.testing.assert_close(dispatch_native.swiglu_f32_(edge.clone()), F.silu(edge[:, :4]), equal_nan=True)
-
-
-def test_fake_tensors_are_refused_not_read():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode() as mode:
-        h = mode.from_tensor(torch.zeros(2, 4, dtype=BF16))
-        with pytest.raises(ValueError, match="not a subclass"):
-            dispatch_native.swiglu_bf16(h)
 
 
 def test_swiglu_refuses_bad_input():

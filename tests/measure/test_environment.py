@@ -31,6 +31,15 @@ def test_cpu_capture_has_every_key_with_its_type():
     assert socket.gethostname() not in json.dumps(env)  # JSON-ready, and the host name stays private
 
 
+def test_the_native_kernels_status_is_recorded():
+    """"built", or "unavailable: <reason>" (tests/kernels/test_native_build.py drives the failures)."""
+    from moebench.kernels import dispatch_native, peer_native
+
+    status = capture_environment("cpu", threads=1)["native_kernels"]
+    built = dispatch_native.available() and peer_native.available()
+    assert status == "built" if built else status.startswith("unavailable: ")
+
+
 def test_git_state_of_this_checkout_matches_git():
     env = capture_environment("cpu", threads=1)
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
