@@ -41,6 +41,40 @@ def test_invalid_specs_name_the_field_and_the_allowed_values(changes, field, hin
     assert hint in message
 
 
+INT_FIELDS = ("d_model", "d_ff", "n_experts", "top_k", "n_shared", "min_capacity", "n_groups", "topk_groups",
+              "sinkhorn_iters", "hash_seed", "peer_experts", "peer_heads", "peer_k", "d_key")
+FLOAT_FIELDS = ("routed_scaling", "jitter", "bias_update_rate", "aux_loss_coef", "z_loss_coef", "expert_capacity_c",
+                "lifelong_distill", "capacity_factor")
+FLAG_FIELDS = ("shared_gate", "renormalize", "noisy_gating", "expert_bias", "peer_query_batchnorm")
+
+
+@pytest.mark.parametrize("field", INT_FIELDS)
+@pytest.mark.parametrize("value", [True, 2.0, "2", float("nan")])
+def test_integer_fields_refuse_bool_float_str_and_nan(field, value):
+    with pytest.raises(ValueError, match=rf"LayerSpec\.{field}=.* is invalid: must be a.* integer"):
+        LayerSpec(**{field: value})
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [True, "0.5", float("nan"), float("inf"), float("-inf")])
+def test_float_fields_refuse_bool_str_nan_and_inf(field, value):
+    with pytest.raises(ValueError, match=rf"LayerSpec\.{field}=.* is invalid: must be a finite number"):
+        LayerSpec(**{field: value})
+
+
+@pytest.mark.parametrize("field", FLAG_FIELDS)
+@pytest.mark.parametrize("value", [1, "false", None])
+def test_flag_fields_refuse_anything_but_a_bool(field, value):
+    """`renormalize: "false"` is a non-empty string, so it would have switched renormalisation on."""
+    with pytest.raises(ValueError, match=rf"LayerSpec\.{field}=.* is invalid: must be true or false"):
+        LayerSpec(**{field: value})
+
+
+def test_numeric_fields_still_take_ints_for_floats():
+    spec = LayerSpec(capacity_factor=2, routed_scaling=1, jitter=0)
+    assert (spec.capacity_factor, spec.routed_scaling) == (2, 1)
+
+
 def test_name_lists_match_registries():
     from moebench.dispatch import BACKENDS
     from moebench.layers import VARIANTS as BUILT
