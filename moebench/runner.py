@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from moebench.store import ResultWriter, finished_case_ids
-from moebench.suite import Case, Suite
+from moebench.suite import SPEC_FIELDS, WORKLOAD_FIELDS, Case, Suite
 
 
 class EnvironmentProblem(RuntimeError):
@@ -65,7 +65,9 @@ def check_device(device: str) -> None:
 
 def select_cases(cases: list[Case], filters: tuple[str, ...]) -> list[Case]:
     """Keep cases matching every filter: `key=value` matches a varying parameter (or a spec/workload
-    field), anything else is a substring of the case id."""
+    field), anything else is a substring of the case id. A key that is neither, an empty filter, or
+    filters that keep no case are a ValueError: a typo must not select everything or nothing silently."""
+    _check_filter_keys(cases, filters)
     kept = []
     for case in cases:
         ok = True
@@ -78,7 +80,21 @@ def select_cases(cases: list[Case], filters: tuple[str, ...]) -> list[Case]:
                 ok = ok and flt in case.case_id
         if ok:
             kept.append(case)
+    if filters and not kept:
+        raise ValueError(f"no case matches --filter {' '.join(filters)!r}")
     return kept
+
+
+def _check_filter_keys(cases: list[Case], filters: tuple[str, ...]) -> None:
+    axes = {key for case in cases for key in case.params}
+    for flt in filters:
+        if not flt.strip():
+            raise ValueError("--filter '' is empty; give key=value or a part of a case id")
+        key = flt.split("=", 1)[0] if "=" in flt else None
+        if key is not None and key not in axes | SPEC_FIELDS | WORKLOAD_FIELDS:
+            raise ValueError(f"--filter {flt!r}: unknown key {key!r}; valid keys are the axes that vary, "
+                             + ", ".join(sorted(axes)) + ", and any LayerSpec or workload field: "
+                             + ", ".join(sorted((SPEC_FIELDS | WORKLOAD_FIELDS) - axes)))
 
 
 def _yaml_value(text: str):
