@@ -118,13 +118,8 @@ def test_on_cuda_base_overrides_base_fields_on_cuda_only(tmp_path):
     assert cuda.spec.n_experts == 4  # the other base fields stay
 
 
-# --- hostile input is bounded ---------------------------------------------------------------------
-
-BILLION_LAUGHS = "".join(
-    f"_{name}: &{name} [{', '.join([f'*{prev}'] * 10) if prev else ', '.join(['x'] * 10)}]\n"
-    for prev, name in zip([None, *"abcdefgh"], "abcdefghi", strict=True)
-)  # nine lines of ten aliases: 10**9 values once expanded
-
+# --- hostile input is bounded (the alias bomb and the 10-million-case grid: tests/test_cli_run.py, run in a
+# memory-bounded process) ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, expected", [
     ("base: {d_model: 32}\nworkload: {tokens: 8}\nbase: {d_model: 64}\n", ":3: not valid YAML: duplicate key 'base' "
@@ -155,13 +150,6 @@ def test_hostile_suite_files_are_refused_naming_the_file_and_the_field(tmp_path,
     assert "\n" not in str(err.value)
 
 
-def test_a_billion_laughs_is_refused_from_the_node_graph_without_expanding_it(tmp_path):
-    path = write(tmp_path, "workload:\n  routing_params:\n" + "".join(f"    {line}\n" for line in
-                                                                         BILLION_LAUGHS.splitlines()))
-    with pytest.raises(SuiteError, match="aliases expand to more than 100,000 values"):
-        load_suite(str(path))
-
-
 def test_aliases_within_the_budget_still_load(tmp_path):
     path = write(tmp_path, """
         base: &small {d_model: 32, d_ff: 64, n_experts: 4, top_k: 2}
@@ -169,17 +157,6 @@ def test_aliases_within_the_budget_still_load(tmp_path):
     """)
     cases = load_suite(str(path)).cases
     assert [c.spec.backend for c in cases] == ["loop", "sort_gather"] and cases[0].spec.d_model == 32
-
-
-def test_a_ten_million_case_grid_is_refused_from_its_size_naming_the_axes(tmp_path):
-    axes = ("tokens", "seed", "batch", "input_variants", "expand", "hash_seed", "sinkhorn_iters")
-    path = write(tmp_path, "grid:\n" + "".join(f"  {axis}: [{', '.join(str(i) for i in range(1, 11))}]\n"
-                                               for axis in axes))
-    with pytest.raises(SuiteError) as err:
-        load_suite(str(path))
-    message = str(err.value)
-    assert "expands to 10,000,000 cases, above the limit of 100,000" in message
-    assert all(f"{axis} 10" in message for axis in axes)
 
 
 def test_a_mistake_in_on_cuda_is_refused_on_cpu_but_a_valid_section_still_loads(tmp_path):
