@@ -20,6 +20,11 @@ An axis is a LayerSpec field, a workload field, `preset` (a model preset's MoE l
 fields replace the preset's), `granularity` (Krajewski's transform applied to the spec) or
 `baseline` (a dense FFN with equal `active` or `total` parameters instead of the MoE).
 Every error names the file and the field. Axis legend in names: T tokens, D model dim.
+
+Limits, so that a mistaken or hostile file is refused at once rather than hanging or exhausting memory:
+a file is at most 1 MiB of UTF-8 YAML without duplicate keys, nested at most 32 levels, at most 100,000
+values with every alias expanded; its grid at most 100,000 cases, counted before any is built. The
+on_cuda section is validated on every device.
 """
 
 from __future__ import annotations
@@ -423,6 +428,8 @@ def _build(where: Any, section: str, cls: type, fields: dict):
             raise SuiteError(f"{where}: workload.routing_params must be a mapping")
         if obj.tokens < 1 or obj.batch < 1 or obj.input_variants < 1:
             raise SuiteError(f"{where}: workload.tokens, batch and input_variants must be >= 1")
+        if obj.seed >= 2**64:  # torch.manual_seed takes 64 bits; a bigger seed would fail only in the worker
+            raise SuiteError(f"{where}: workload.seed={obj.seed} must be < 2**64")
         if obj.routing != "router":
             from moebench.routing.distributions import make_distribution
 

@@ -138,6 +138,7 @@ def test_on_cuda_base_overrides_base_fields_on_cuda_only(tmp_path):
     ("base: {renormalize: 'no'}\n", "LayerSpec.renormalize='no' is invalid: must be true or false"),
     ("grid: {preset: [[mixtral-8x7b]]}\n", "preset=['mixtral-8x7b'] is invalid; allowed values are"),
     ("on_cuda: {workload: {tokens: -5}}\n", "workload.tokens=-5 must be >= 0 (with --device cuda"),
+    ("workload: {seed: 18446744073709551616}\n", "workload.seed=18446744073709551616 must be < 2**64"),
     ("on_cuda: {base: {capacity_factor: .nan}}\n", "LayerSpec.capacity_factor=nan is invalid"),
     ("on_cuda: {measure: {rel_ci: 0}}\n", "measure.rel_ci=0 must be a finite number > 0 (with --device cuda"),
     ("on_cuda: {extra_blocks: [{grid: {backend: [warp_drive]}}]}\n", "LayerSpec.backend='warp_drive' is invalid"),
