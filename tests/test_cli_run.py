@@ -141,3 +141,10 @@ def test_an_out_folder_that_cannot_be_created_exits_2_before_anything_runs(tmp_p
     result = run("run", "quick", "--filter", "hash", "--out", str(blocker / "results"))
     assert_refused(result, tmp_path / "results", "--out", "is not a folder")
     assert_refused(run("run", "quick", "--filter", "hash", "--out", ""), tmp_path / "results", "--out", "empty")
+
+
+@pytest.mark.parametrize("option, fragment", [(["--filter", "varient=token_choice"], "unknown key 'varient'"),
+                                              (["--threads", str(usable_cpus() + 1)], "--threads")])
+def test_compare_against_refuses_bad_options_before_any_run(tmp_path, option, fragment):
+    out = tmp_path / "ab"
+    assert_refused(run("compare", "--against", "HEAD", "--out", str(out), *option), out, fragment)
