@@ -128,7 +128,7 @@ def resolve_suite_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise SuiteError(f"{path}: no such suite file")
+            raise SuiteError(f"{path}: " + ("not a regular file" if path.exists() else "no such suite file"))
         return path
     bundled = SUITES_DIR / f"{name_or_path}.yaml"
     if not bundled.is_file():

@@ -183,3 +183,10 @@ def test_binary_and_oversized_suite_files_are_refused_naming_the_file(tmp_path, 
 def test_an_empty_suite_name_is_refused():
     with pytest.raises(SuiteError, match="the suite name is empty; bundled suites are"):
         load_suite("")
+
+
+def test_a_folder_given_as_a_suite_is_refused_as_not_a_regular_file(tmp_path):
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(SuiteError, match="folder.yaml: not a regular file"):
+        load_suite(str(folder))
