@@ -5,23 +5,59 @@ Exit codes (docs/architecture.md#exit-codes): 0 ok, 1 a case failed or a regress
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
 EXIT_BAD_INPUT = 2
+MAX_CONTEXT = 1_000_000_000  # params --context: keys per token; far above any model's context window
+MAX_CONFIG_BYTES = 8 << 20  # a config.json is a few KB; a bigger file is not one
 
 
 class MoebenchGroup(click.Group):
-    """Turns the library's ValueErrors (bad spec, bad config, unknown name) into exit 2 with one line."""
+    """Turns the library's ValueErrors (bad spec, bad config, unknown name) and click's usage errors
+    (bad option values) into exit 2 with one line."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:  # click's own report is four lines: usage, hint, blank, error
+            where = err.ctx.command_path if err.ctx else "moebench"
+            click.echo(f"moebench: error: {where}: {err.format_message()} (see {where} --help)", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         except ValueError as err:
             click.echo(f"moebench: error: {err}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+
+
+def _check_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """More threads than cores measures the contention between them, not the layer."""
+    from moebench.runner import usable_cpus
+
+    if value is not None and value > usable_cpus():
+        raise click.BadParameter(f"{value} is more than the {usable_cpus()} CPUs this process may use")
+    return value
+
+
+def _check_out_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A path the command can create later: not empty, and its nearest existing ancestor a writable
+    folder. Checked before anything runs, so a typo costs no benchmark time and writes nothing."""
+    if value is None:
+        return value
+    if not value.strip():
+        raise click.BadParameter("is empty; name a folder or file to write")
+    path = Path(value)
+    ancestor = next((p for p in (path, *path.parents) if p.exists()), None)
+    if ancestor == path and not path.is_dir():
+        return value  # an existing file: click's file_okay / dir_okay have judged it
+    if ancestor is None or not ancestor.is_dir():
+        raise click.BadParameter(f"{value!r} cannot be created: {str(ancestor)!r} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{value!r} cannot be created: {str(ancestor)!r} is not writable")
+    return value
 
 
 @click.group(cls=MoebenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,9 +120,6 @@ def _exact(n: float) -> str:
 
 def _load_model(target: str):
     """A preset name, or a path to a HuggingFace config.json. Returns (ModelShape, source)."""
-    import json
-    import os
-
     from moebench.interop.hf_config import model_from_hf_config
     from moebench.presets import PRESETS
 
@@ -95,24 +128,42 @@ def _load_model(target: str):
     if not (target.endswith(".json") or os.sep in target or os.path.exists(target)):
         raise ValueError(f"unknown preset {target!r}; valid presets are {', '.join(PRESETS)} "
                          "(or pass the path of a HuggingFace config.json)")
-    try:
-        with open(target, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except OSError as err:
-        raise ValueError(f"config file {target!r} cannot be read: {err.strerror or err}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"config file {target!r} is not valid JSON: {err}") from None
+    cfg = _read_config_json(target)
     try:
         return model_from_hf_config(cfg), target
     except ValueError as err:
         raise ValueError(f"config file {target!r}: {err}") from None
 
 
+def _read_config_json(target: str):
+    """The JSON of a config file, bounded in size and nesting; every failure names the file."""
+    import json
+
+    try:
+        with open(target, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ValueError(f"config file {target!r} cannot be read: {err.strerror or err}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config file {target!r} is larger than {MAX_CONFIG_BYTES:,} bytes, too big for a "
+                         "config.json")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {target!r} is not a text file (byte {err.start} is not UTF-8)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"config file {target!r} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"config file {target!r} is not valid JSON: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise ValueError(f"config file {target!r} is not valid JSON: {err}") from None
+
+
 @cli.command("params")
 @click.argument("target", metavar="PRESET|CONFIG.json")
 @click.option("--embeddings", type=click.Choice(["both", "output", "none"]), default="both", show_default=True,
               help="Active-count convention: input table + LM head, LM head only, or neither.")
-@click.option("--context", "context_len", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--context", "context_len", type=click.IntRange(min=0, max=MAX_CONTEXT), default=0, show_default=True,
               help="Keys attended to per token, for the attention-score FLOPs (0 leaves them out).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) -> None:
@@ -169,12 +220,12 @@ def params_cmd(target: str, embeddings: str, context_len: int, as_json: bool) ->
 @click.option("--suite", default="ci", show_default=True, help="A/B mode: the suite both sides run.")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="A/B mode: alternating rounds per side.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, callback=_check_threads,
               help="A/B mode: CPU threads per side (1 is steadiest on a shared runner).")
 @click.option("--filter", "filters", multiple=True, metavar="EXPR", help="A/B mode: as for `moebench run`.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="A/B mode: where the layers run.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, callback=_check_out_path,
               help="A/B mode: folder for every round's results and the merged baseline/candidate files "
                    "(default results/ab-DATE).")
 @click.option("--inject-slowdown", type=click.FloatRange(min=0), default=0.0, hidden=True,
@@ -198,7 +249,6 @@ def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inj
     exit 2 if the runs are not comparable (the baseline has no finished case, suite, device...) or a
     results file holds a malformed record (named FILE:LINE)."""
     from datetime import datetime, timezone
-    from pathlib import Path
 
     from moebench import compare
 
@@ -212,9 +262,12 @@ def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inj
             if runs:
                 raise ValueError("give either BASELINE CANDIDATE or --against GIT_REV, not both")
             from moebench.abtest import ABError, run_ab
+            from moebench.runner import select_cases
             from moebench.suite import load_suite
 
-            suite_path = load_suite(suite).path  # validated here, so a bad suite is exit 2 before any run
+            loaded = load_suite(suite, device=device)  # validated here, so bad input is exit 2 before any run
+            select_cases(loaded.cases, tuple(filters))
+            suite_path = loaded.path
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
             out = Path(out_dir or f"results/ab-{stamp}")
             try:
@@ -243,7 +296,7 @@ def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inj
 
 @cli.command("report")
 @click.argument("results", nargs=-1, required=True, metavar="RESULTS...")
-@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default=None,
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default=None, callback=_check_out_path,
               help="HTML file to write; its PNGs go to NAME_files/ beside it. "
                    "Default: reports/<suite>-<date>.html.")
 def report_cmd(results, out) -> None:
@@ -258,15 +311,16 @@ def report_cmd(results, out) -> None:
 
 @cli.command("env")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Default: all cores.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, callback=_check_threads,
+              help="Default: all cores.")
 def env_cmd(device, threads) -> None:
     """Print what every result records about this machine (JSON)."""
     import json
-    import os
 
     from moebench.measure.environment import capture_environment
+    from moebench.runner import usable_cpus
 
-    env = capture_environment(device, threads or os.cpu_count() or 1)
+    env = capture_environment(device, threads or usable_cpus())
     click.echo(json.dumps(env, indent=2, default=str))
     click.echo(f"native kernels: {env['native_kernels']}", err=True)  # readable lines; stdout stays JSON
 
@@ -284,20 +338,18 @@ EXIT_ENVIRONMENT = 3
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
               help="Override every case's dtype.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True,
-              help="Folder the results file (JSONL) is written to.")
+              callback=_check_out_path, help="Folder the results file (JSONL) is written to.")
 @click.option("--resume", is_flag=True,
               help="Continue the newest earlier run of this suite on this --device in --out: skip its ok "
                    "cases, run the failed ones again. Refused (exit 2) if that run had another suite file, "
                    "--dtype or --threads; with no earlier run, a new run starts (and says so).")
 @click.option("--filter", "filters", multiple=True, metavar="EXPR",
               help="Keep cases where key=value holds (or whose id contains EXPR); repeatable, all must match.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None, callback=_check_threads,
               help="CPU threads for torch (default: all cores); recorded with the results.")
 @click.option("--dry-run", is_flag=True, help="List the cases and their count; run nothing.")
 def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) -> None:
     """Run SUITE (a bundled suite name or a path to a suite .yaml file)."""
-    from pathlib import Path
-
     from moebench.runner import (
         EnvironmentProblem,
         RunOptions,
@@ -313,8 +365,8 @@ def run_cmd(suite, device, dtype, out_dir, resume, filters, threads, dry_run) ->
     loaded = load_suite(suite, overrides={"dtype": dtype} if dtype else None, device=device)
     options = RunOptions(device=device, out_dir=Path(out_dir), resume=resume, filters=tuple(filters),
                          threads=threads, dtype=dtype)
+    cases = select_cases(loaded.cases, options.filters)  # bad input is exit 2 before the device is checked
     if dry_run:
-        cases = select_cases(loaded.cases, options.filters)
         for case in cases:
             click.echo(case.case_id)
         click.echo(f"{len(cases)} cases in suite {loaded.name!r} ({loaded.path})")

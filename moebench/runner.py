@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from moebench.store import ResultsWriteError, ResultWriter, finished_case_ids, first_record
-from moebench.suite import Case, Suite
+from moebench.suite import SPEC_FIELDS, WORKLOAD_FIELDS, Case, Suite
 from moebench.worker import EnvironmentProblem, Worker
 
 
@@ -80,6 +80,15 @@ def settle_results(path: Path) -> int:
     return len(finished_case_ids(path))
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (taskset, a container's
+    cpuset), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 class ResumeRefused(ValueError):
     """--resume cannot continue the run it names (bad input: exit 2); the message says what to type."""
 
@@ -120,7 +129,9 @@ def check_device(device: str) -> None:
 
 def select_cases(cases: list[Case], filters: tuple[str, ...]) -> list[Case]:
     """Keep cases matching every filter: `key=value` matches a varying parameter (or a spec/workload
-    field), anything else is a substring of the case id."""
+    field), anything else is a substring of the case id. A key that is neither, an empty filter, or
+    filters that keep no case are a ValueError: a typo must not select everything or nothing silently."""
+    _check_filter_keys(cases, filters)
     kept = []
     for case in cases:
         ok = True
@@ -133,7 +144,21 @@ def select_cases(cases: list[Case], filters: tuple[str, ...]) -> list[Case]:
                 ok = ok and flt in case.case_id
         if ok:
             kept.append(case)
+    if filters and not kept:
+        raise ValueError(f"no case matches --filter {' '.join(filters)!r}")
     return kept
+
+
+def _check_filter_keys(cases: list[Case], filters: tuple[str, ...]) -> None:
+    axes = {key for case in cases for key in case.params}
+    for flt in filters:
+        if not flt.strip():
+            raise ValueError("--filter '' is empty; give key=value or a part of a case id")
+        key = flt.split("=", 1)[0] if "=" in flt else None
+        if key is not None and key not in axes | SPEC_FIELDS | WORKLOAD_FIELDS:
+            raise ValueError(f"--filter {flt!r}: unknown key {key!r}; valid keys are the axes that vary, "
+                             + ", ".join(sorted(axes)) + ", and any LayerSpec or workload field: "
+                             + ", ".join(sorted((SPEC_FIELDS | WORKLOAD_FIELDS) - axes)))
 
 
 def _yaml_value(text: str):
@@ -227,7 +252,7 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
     cases = select_cases(suite.cases, options.filters)
     if not cases:
         raise ValueError(f"no case of suite {suite.name!r} matches --filter {' '.join(options.filters)!r}")
-    threads = options.threads or os.cpu_count() or 1
+    threads = options.threads or usable_cpus()
     writer, resumed = open_results(suite, options, threads)
     path = writer.path
     done = finished_case_ids(path) if resumed else set()  # only ok/skipped: failed cases run again

@@ -47,14 +47,34 @@ def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
         _fail(field, value, "allowed values are " + ", ".join(allowed))
 
 
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass in Python, but `top_k: true` in a suite file is a mistake, not 1
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a finite float: NaN slips through every `<` check, inf through every size."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
 def _positive_int(field: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not _is_int(value) or value < 1:
         _fail(field, value, "must be a positive integer")
 
 
+def _nonnegative_int(field: str, value: Any) -> None:
+    if not _is_int(value) or value < 0:
+        _fail(field, value, "must be an integer >= 0")
+
+
 def _nonnegative_float(field: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        _fail(field, value, "must be a number >= 0")
+    if not _is_number(value) or value < 0:
+        _fail(field, value, "must be a finite number >= 0")
+
+
+def _flag(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(field, value, "must be true or false")
 
 
 @dataclass(frozen=True)
@@ -112,17 +132,17 @@ class LayerSpec:
         for name in ("d_model", "d_ff", "n_experts", "top_k", "sinkhorn_iters", "n_groups",
                      "topk_groups", "peer_experts", "peer_heads", "peer_k", "d_key"):
             _positive_int(name, getattr(self, name))
-        if not isinstance(self.n_shared, int) or self.n_shared < 0:
-            _fail("n_shared", self.n_shared, "must be an integer >= 0")
-        if not isinstance(self.min_capacity, int) or self.min_capacity < 0:
-            _fail("min_capacity", self.min_capacity, "must be an integer >= 0")
+        for name in ("n_shared", "min_capacity", "hash_seed"):
+            _nonnegative_int(name, getattr(self, name))
+        for name in ("shared_gate", "renormalize", "noisy_gating", "expert_bias", "peer_query_batchnorm"):
+            _flag(name, getattr(self, name))
         if self.shared_d_ff is not None:
             _positive_int("shared_d_ff", self.shared_d_ff)
         if self.top_k > self.n_experts:
             _fail("top_k", self.top_k, f"must be <= n_experts ({self.n_experts})")
         if self.capacity_factor is not None:
-            if not isinstance(self.capacity_factor, (int, float)) or self.capacity_factor <= 0:
-                _fail("capacity_factor", self.capacity_factor, "must be a number > 0, or None for dropless")
+            if not _is_number(self.capacity_factor) or self.capacity_factor <= 0:
+                _fail("capacity_factor", self.capacity_factor, "must be a finite number > 0, or None for dropless")
         _choice("drop_policy", self.drop_policy, DROP_POLICIES)
         _choice("score_func", self.score_func, SCORE_FUNCS)
         _choice("activation", self.activation, ACTIVATIONS)

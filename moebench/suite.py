@@ -20,6 +20,11 @@ An axis is a LayerSpec field, a workload field, `preset` (a model preset's MoE l
 fields replace the preset's), `granularity` (Krajewski's transform applied to the spec) or
 `baseline` (a dense FFN with equal `active` or `total` parameters instead of the MoE).
 Every error names the file and the field. Axis legend in names: T tokens, D model dim.
+
+Limits, so that a mistaken or hostile file is refused at once rather than hanging or exhausting memory:
+a file is at most 1 MiB of UTF-8 YAML without duplicate keys, nested at most 32 levels, at most 100,000
+values with every alias expanded; its grid at most 100,000 cases, counted before any is built. The
+on_cuda section is validated on every device.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,13 @@ TOP_LEVEL_KEYS = ("description", "kind", "base", "workload", "measure", "blocks"
 ON_CUDA_KEYS = ("base", "workload", "measure", "extra_blocks")
 MODES = ("forward", "forward_backward", "train_step")
 BASELINES = ("none", "equal_active", "equal_total")
+
+# Bounds on what a suite file may ask for, so that hostile or mistaken input is refused at once instead
+# of hanging or exhausting memory. The bundled suites are under 2 KB, 300 values, 5 levels, 400 cases.
+MAX_SUITE_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # every alias expanded
+MAX_YAML_DEPTH = 32
+MAX_CASES = 100_000  # the grid's size, computed before it is expanded
 
 
 @dataclass(frozen=True)
@@ -109,16 +122,131 @@ class SuiteError(ValueError):
 
 def resolve_suite_path(name_or_path: str) -> Path:
     """A path to a YAML file, or the name of a bundled suite under suites/."""
+    if not name_or_path.strip():
+        raise SuiteError("the suite name is empty; bundled suites are " + ", ".join(bundled_suites())
+                         + " (or give a path to a .yaml file)")
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise SuiteError(f"{path}: no such suite file")
+            raise SuiteError(f"{path}: " + ("not a regular file" if path.exists() else "no such suite file"))
         return path
     bundled = SUITES_DIR / f"{name_or_path}.yaml"
     if not bundled.is_file():
         raise SuiteError(f"unknown suite {name_or_path!r}; bundled suites are " + ", ".join(bundled_suites())
                          + " (or give a path to a .yaml file)")
     return bundled
+
+
+def read_suite_file(path: Path) -> Any:
+    """The YAML data of a suite file, bounded: at most MAX_SUITE_BYTES of UTF-8, no duplicate keys,
+    at most MAX_YAML_DEPTH levels and MAX_YAML_NODES nodes with every alias expanded."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_SUITE_BYTES + 1)
+    except OSError as err:
+        raise SuiteError(f"{path}: cannot be read: {err.strerror or err}") from None
+    if len(raw) > MAX_SUITE_BYTES:
+        raise SuiteError(f"{path}: larger than {MAX_SUITE_BYTES:,} bytes, the limit for a suite file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SuiteError(f"{path}: not a text file (byte {err.start} is not UTF-8)") from None
+    loader = _SuiteLoader(text, path)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        context = f"{err.context} " if err.context else ""
+        raise SuiteError(f"{path}{line}: not valid YAML: {context}{err.problem}") from None
+    except yaml.YAMLError as err:
+        raise SuiteError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise SuiteError(f"{path}: not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """SafeLoader that refuses what the safe loader lets through: duplicate keys (the last one would win
+    silently) and nesting deep enough to exhaust Python's recursion limit while composing."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        super().__init__(text)
+        self.name = str(path)  # marks (line numbers in errors) name the file
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"values nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` overrides by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first_line:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first at line {first_line[key]})",
+                            key_node.start_mark)
+                    first_line[key] = key_node.start_mark.line + 1
+                except TypeError:  # an unhashable key: the safe loader's own message follows
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past MAX_YAML_NODES nodes or MAX_YAML_DEPTH levels
+    (a "billion laughs": nine lines of ten aliases each are 10**9 values once anything walks them;
+    the safe loader itself shares them and returns at once), or that refers to itself.
+
+    Sizes are computed on the node graph without expanding it: size(n) = 1 + sum of its children's
+    sizes, memoised per node, in an explicit stack so that depth costs no recursion."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = _children(node)
+        if children_done:
+            open_nodes.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            depth[id(node)] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[id(node)] > MAX_YAML_NODES or depth[id(node)] > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases expand to more than {MAX_YAML_NODES:,} values or {MAX_YAML_DEPTH} "
+                    "levels (the limit of a suite file)", node.start_mark)
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in open_nodes:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a value that contains it",
+                                              node.start_mark)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def bundled_suites() -> list[str]:
@@ -129,16 +257,31 @@ def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None, devic
     """Read, validate and expand a suite. overrides (e.g. dtype from --dtype) apply to every case;
     on device "cuda" the file's `on_cuda` section (bigger workloads, extra blocks) applies too."""
     path = resolve_suite_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SuiteError(f"{path}: not valid YAML: {err}") from None
+    data = read_suite_file(path)
     if not isinstance(data, dict):
         raise SuiteError(f"{path}: a suite file is a mapping with keys " + ", ".join(TOP_LEVEL_KEYS))
     _check_keys(path, "", data, TOP_LEVEL_KEYS)
-    data = _apply_device_section(path, data, device)
+    merged = _apply_device_section(path, data, device)
+    kind, description, cases = _expand(path, merged, overrides or {})
+    if device != "cuda" and data.get("on_cuda"):
+        _validate_on_cuda(path, data, overrides or {})
+    digest = hashlib.sha256(json.dumps(merged, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Suite(path.stem, path, description, kind, cases, digest)
+
+
+def _validate_on_cuda(path: Path, data: dict, overrides: dict) -> None:
+    """Build the CUDA cases too and drop them, so a mistake in on_cuda is refused on the laptop that
+    wrote it, not hours later on the GPU machine."""
+    try:
+        _expand(path, _apply_device_section(path, data, "cuda"), overrides)
+    except SuiteError as err:
+        raise SuiteError(f"{err} (with --device cuda: the on_cuda section applies)") from None
+
+
+def _expand(path: Path, data: dict, overrides: dict) -> tuple[str, str, list[Case]]:
+    """(kind, description, cases) of a suite's data, the device section already merged."""
     kind = data.get("kind", "mixed")
-    if kind not in SUITE_KINDS:
+    if not isinstance(kind, str) or kind not in SUITE_KINDS:
         raise SuiteError(f"{path}: kind={kind!r} is invalid; allowed values are " + ", ".join(SUITE_KINDS))
     description = data.get("description", "")
     if not isinstance(description, str):
@@ -149,7 +292,6 @@ def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None, devic
     _check_keys(path, "workload", workload, WORKLOAD_FIELDS)
     measure = _mapping(path, "measure", data.get("measure", {}))
     _check_keys(path, "measure", measure, MEASURE_FIELDS)
-    axes = SPEC_FIELDS | WORKLOAD_FIELDS | SPECIAL_AXES
     blocks = data.get("blocks")
     if blocks is None:
         blocks = [{k: data[k] for k in BLOCK_KEYS if k in data}]
@@ -157,30 +299,50 @@ def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None, devic
         raise SuiteError(f"{path}: blocks must be a non-empty list of mappings with keys "
                          + ", ".join(BLOCK_KEYS) + ", used instead of a top-level grid / zip / exclude")
     measure_plan = _build(path, "measure", MeasurePlan, measure)
+    parsed = [_parse_block(path, "" if "blocks" not in data else f"blocks[{i}].", block)
+              for i, block in enumerate(blocks)]
+    _check_case_count(path, parsed)
     cases, seen = [], set()
-    for i, block in enumerate(blocks):
-        where = "" if "blocks" not in data else f"blocks[{i}]."
-        block = _mapping(path, where.rstrip(".") or "block", block)
-        _check_keys(path, where.rstrip("."), block, BLOCK_KEYS)
-        grid = _mapping(path, f"{where}grid", block.get("grid", {}))
-        _check_keys(path, f"{where}grid", grid, axes)
-        for axis, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise SuiteError(f"{path}: {where}grid.{axis} must be a non-empty list of values")
-        zip_rows = _rows(path, f"{where}zip", block.get("zip", [{}]) or [{}], axes)
-        exclude_rows = _rows(path, f"{where}exclude", block.get("exclude", []), axes)
+    for grid, zip_rows, exclude_rows in parsed:
         for combo in itertools.product(*grid.values()):
             for row in zip_rows:
                 params = {**dict(zip(grid.keys(), combo, strict=True)), **row}
                 if any(all(params.get(k) == v for k, v in ex.items()) for ex in exclude_rows):
                     continue
-                case = _make_case(path, base, workload, measure_plan, params, overrides or {})
+                case = _make_case(path, base, workload, measure_plan, params, overrides)
                 if case.case_id in seen:
                     raise SuiteError(f"{path}: two cases share the id {case.case_id!r}; make the rows distinct")
                 seen.add(case.case_id)
                 cases.append(case)
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Suite(path.stem, path, description, kind, cases, digest)
+    return kind, description, cases
+
+
+def _parse_block(path: Path, where: str, block: Any) -> tuple[dict, list[dict], list[dict]]:
+    """A block's (grid, zip rows, exclude rows), validated but not expanded."""
+    axes = SPEC_FIELDS | WORKLOAD_FIELDS | SPECIAL_AXES
+    block = _mapping(path, where.rstrip(".") or "block", block)
+    _check_keys(path, where.rstrip("."), block, BLOCK_KEYS)
+    grid = _mapping(path, f"{where}grid", block.get("grid", {}))
+    _check_keys(path, f"{where}grid", grid, axes)
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SuiteError(f"{path}: {where}grid.{axis} must be a non-empty list of values")
+    zip_rows = _rows(path, f"{where}zip", block.get("zip", [{}]) or [{}], axes)
+    exclude_rows = _rows(path, f"{where}exclude", block.get("exclude", []), axes)
+    return grid, zip_rows, exclude_rows
+
+
+def _check_case_count(path: Path, blocks: list[tuple[dict, list[dict], list[dict]]]) -> None:
+    """Refuse a grid above MAX_CASES from its size alone, before a single case is built: ten axes of
+    ten values would otherwise be expanded (and held in memory) case by case."""
+    sizes = [math.prod(len(values) for values in grid.values()) * len(zip_rows) for grid, zip_rows, _ in blocks]
+    total = sum(sizes)
+    if total <= MAX_CASES:
+        return
+    grid, zip_rows, _ = blocks[sizes.index(max(sizes))]
+    factors = " x ".join([f"{axis} {len(values)}" for axis, values in grid.items()] + [f"zip {len(zip_rows)}"])
+    raise SuiteError(f"{path}: the grid expands to {total:,} cases, above the limit of {MAX_CASES:,} "
+                     f"(largest block: {factors}); split the suite or use fewer values per axis")
 
 
 def _apply_device_section(path: Path, data: dict, device: str) -> dict:
@@ -208,7 +370,11 @@ def _make_case(path: Path, base: dict, workload: dict, plan: MeasurePlan, params
     where = f"{path}: case " + (",".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "default")
     preset_fields = {}
     if "preset" in params:
-        from moebench.presets import get_preset
+        from moebench.presets import PRESETS, get_preset
+
+        if not isinstance(params["preset"], str):
+            raise SuiteError(f"{where}: preset={params['preset']!r} is invalid; allowed values are "
+                             + ", ".join(PRESETS))
 
         try:
             # The preset defines the layer; how to run it (backend, dtype) stays the suite's choice.
@@ -248,8 +414,12 @@ def _build(where: Any, section: str, cls: type, fields: dict):
             ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
             if not ok or (isinstance(value, bool) and kind is not bool):
                 raise SuiteError(f"{where}: {section}.{f.name}={value!r} must be of type {kind.__name__}")
+            if kind is float and not math.isfinite(value):
+                raise SuiteError(f"{where}: {section}.{f.name}={value!r} must be a finite number")
             if kind in (int, float) and value < 0:
                 raise SuiteError(f"{where}: {section}.{f.name}={value!r} must be >= 0")
+    if cls is MeasurePlan:
+        _check_measure(where, obj)
     if cls is Workload:
         if obj.mode not in MODES:
             raise SuiteError(f"{where}: workload.mode={obj.mode!r} is invalid; allowed values are "
@@ -258,6 +428,8 @@ def _build(where: Any, section: str, cls: type, fields: dict):
             raise SuiteError(f"{where}: workload.routing_params must be a mapping")
         if obj.tokens < 1 or obj.batch < 1 or obj.input_variants < 1:
             raise SuiteError(f"{where}: workload.tokens, batch and input_variants must be >= 1")
+        if obj.seed >= 2**64:  # torch.manual_seed takes 64 bits; a bigger seed would fail only in the worker
+            raise SuiteError(f"{where}: workload.seed={obj.seed} must be < 2**64")
         if obj.routing != "router":
             from moebench.routing.distributions import make_distribution
 
@@ -266,6 +438,17 @@ def _build(where: Any, section: str, cls: type, fields: dict):
             except ValueError as err:
                 raise SuiteError(f"{where}: workload.routing: {err}") from None
     return obj
+
+
+def _check_measure(where: Any, plan: MeasurePlan) -> None:
+    """Bounds the sampler relies on: it stops between min_samples and max_samples, when the CI's half-width
+    falls under rel_ci or the budget runs out; a zero or inverted bound would never stop or never start."""
+    if not 1 <= plan.min_samples <= plan.max_samples:
+        raise SuiteError(f"{where}: measure.min_samples={plan.min_samples} and max_samples={plan.max_samples} "
+                         "must satisfy 1 <= min_samples <= max_samples")
+    for name in ("rel_ci", "budget_s", "timeout_s"):
+        if getattr(plan, name) <= 0:
+            raise SuiteError(f"{where}: measure.{name}={getattr(plan, name)!r} must be a finite number > 0")
 
 
 def _fmt(value: Any) -> str:

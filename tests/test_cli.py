@@ -113,3 +113,43 @@ def test_installed_console_script():
     assert json.loads(done.stdout)["params"]["total"] == sum(acc.model_params(PRESETS["olmoe-1b-7b"]).values())
     bad = subprocess.run([str(script), "params", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("moebench: error: unknown preset 'nope'")
+
+
+@pytest.mark.parametrize("content, message", [
+    (json.dumps({**MIXTRAL_JSON, "num_hidden_layers": 1e30}), "num_hidden_layers=1e+30 is invalid: must be an integer"),
+    (json.dumps({**MIXTRAL_JSON, "vocab_size": "32000"}), "vocab_size='32000' is invalid: must be an integer"),
+    ("[" * 100_000 + "]" * 100_000, "is not valid JSON: nested too deeply"),
+    (b"\x00\xff\xfe", "is not a text file"),
+])
+def test_params_hostile_config_exits_2_in_one_line_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    result = invoke("params", str(path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and f"config file '{path}'" in result.stderr and message in result.stderr
+
+
+def test_params_config_with_10_to_the_30_layers_exits_2_instead_of_hanging(tmp_path):
+    """An integer layer count passes every type check, and counting evaluates the layer rules layer by layer."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**MIXTRAL_JSON, "num_hidden_layers": 10**30}))
+    done = subprocess.run([sys.executable, "-m", "moebench.cli", "params", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"moebench: error: config file '{path}': config num_hidden_layers=")
+    assert "must be an integer in [1, 100,000]" in done.stderr
+
+
+def test_params_context_beyond_any_model_exits_2_instead_of_overflowing():
+    result = invoke("params", "mixtral-8x7b", "--context", str(10**400))
+    assert result.exit_code == 2 and "--context" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_usage_errors_are_one_line_naming_the_command_and_option():
+    result = invoke("params", "mixtral-8x7b", "--embeddings", "all")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("moebench: error: moebench params: Invalid value for '--embeddings'")
+    assert result.stderr.count("\n") == 1

@@ -41,6 +41,47 @@ def test_invalid_specs_name_the_field_and_the_allowed_values(changes, field, hin
     assert hint in message
 
 
+INT_FIELDS = ("d_model", "d_ff", "n_experts", "top_k", "n_shared", "min_capacity", "n_groups", "topk_groups",
+              "sinkhorn_iters", "hash_seed", "peer_experts", "peer_heads", "peer_k", "d_key")
+FLOAT_FIELDS = ("routed_scaling", "jitter", "bias_update_rate", "aux_loss_coef", "z_loss_coef", "expert_capacity_c",
+                "lifelong_distill", "capacity_factor")
+FLAG_FIELDS = ("shared_gate", "renormalize", "noisy_gating", "expert_bias", "peer_query_batchnorm")
+
+
+def accepted_values(fields, values, allowed):
+    """(field, value) pairs LayerSpec accepts; for the ones it refuses, check the message names the field
+    and says what is allowed."""
+    accepted = []
+    for field in fields:
+        for value in values:
+            try:
+                LayerSpec(**{field: value})
+            except ValueError as err:
+                assert f"LayerSpec.{field}=" in str(err) and allowed in str(err), str(err)
+            else:
+                accepted.append((field, value))
+    return accepted
+
+
+def test_every_integer_field_refuses_bool_float_str_and_nan():
+    assert accepted_values(INT_FIELDS, [True, 2.0, "2", float("nan")], "integer") == []
+
+
+def test_every_float_field_refuses_bool_str_nan_and_inf():
+    assert accepted_values(FLOAT_FIELDS, [True, "0.5", float("nan"), float("inf"), float("-inf")],
+                           "must be a finite number") == []
+
+
+def test_every_flag_field_refuses_anything_but_a_bool():
+    """`renormalize: "false"` is a non-empty string, so it would have switched renormalisation on."""
+    assert accepted_values(FLAG_FIELDS, [1, "false", None], "must be true or false") == []
+
+
+def test_numeric_fields_still_take_ints_for_floats():
+    spec = LayerSpec(capacity_factor=2, routed_scaling=1, jitter=0)
+    assert (spec.capacity_factor, spec.routed_scaling) == (2, 1)
+
+
 def test_name_lists_match_registries():
     from moebench.dispatch import BACKENDS
     from moebench.layers import VARIANTS as BUILT

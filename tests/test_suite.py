@@ -116,3 +116,77 @@ def test_on_cuda_base_overrides_base_fields_on_cuda_only(tmp_path):
     (cpu,), (cuda,) = load_suite(str(path)).cases, load_suite(str(path), device="cuda").cases
     assert (cpu.spec.backend, cuda.spec.backend) == ("sort_gather", "grouped_mm")
     assert cuda.spec.n_experts == 4  # the other base fields stay
+
+
+# --- hostile input is bounded (the alias bomb and the 10-million-case grid: tests/test_cli_run.py, run in a
+# memory-bounded process) ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("base: {d_model: 32}\nworkload: {tokens: 8}\nbase: {d_model: 64}\n", ":3: not valid YAML: duplicate key 'base' "
+                                                                            "(first at line 1)"),
+    ("base: {d_model: 32, d_model: 64}\n", ":1: not valid YAML: duplicate key 'd_model'"),
+    ("base: " + "[" * 100 + "]" * 100 + "\n", "nested deeper than 32 levels"),
+    ("base: &b [*b]\n", "an alias refers to a value that contains it"),
+    ("measure: {min_samples: 9, max_samples: 3}\n", "measure.min_samples=9 and max_samples=3 must satisfy"),
+    ("measure: {min_samples: 0}\n", "measure.min_samples=0 and max_samples=50 must satisfy 1 <= min_samples"),
+    ("measure: {rel_ci: 0}\n", "measure.rel_ci=0 must be a finite number > 0"),
+    ("measure: {rel_ci: .nan}\n", "measure.rel_ci=nan must be a finite number"),
+    ("measure: {budget_s: .inf}\n", "measure.budget_s=inf must be a finite number"),
+    ("measure: {timeout_s: 0}\n", "measure.timeout_s=0 must be a finite number > 0"),
+    ("base: {capacity_factor: .nan}\n", "LayerSpec.capacity_factor=nan is invalid"),
+    ("base: {capacity_factor: .inf}\n", "LayerSpec.capacity_factor=inf is invalid"),
+    ("base: {renormalize: 'no'}\n", "LayerSpec.renormalize='no' is invalid: must be true or false"),
+    ("grid: {preset: [[mixtral-8x7b]]}\n", "preset=['mixtral-8x7b'] is invalid; allowed values are"),
+    ("on_cuda: {workload: {tokens: -5}}\n", "workload.tokens=-5 must be >= 0 (with --device cuda"),
+    ("workload: {seed: 18446744073709551616}\n", "workload.seed=18446744073709551616 must be < 2**64"),
+    ("on_cuda: {base: {capacity_factor: .nan}}\n", "LayerSpec.capacity_factor=nan is invalid"),
+    ("on_cuda: {measure: {rel_ci: 0}}\n", "measure.rel_ci=0 must be a finite number > 0 (with --device cuda"),
+    ("on_cuda: {extra_blocks: [{grid: {backend: [warp_drive]}}]}\n", "LayerSpec.backend='warp_drive' is invalid"),
+])
+def test_hostile_suite_files_are_refused_naming_the_file_and_the_field(tmp_path, text, expected):
+    path = write(tmp_path, text, name="hostile.yaml")
+    with pytest.raises(SuiteError) as err:
+        load_suite(str(path))
+    assert str(path) in str(err.value) and expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_aliases_within_the_budget_still_load(tmp_path):
+    path = write(tmp_path, """
+        base: &small {d_model: 32, d_ff: 64, n_experts: 4, top_k: 2}
+        zip: [{<<: *small, backend: loop}, {<<: *small, backend: sort_gather}]
+    """)
+    cases = load_suite(str(path)).cases
+    assert [c.spec.backend for c in cases] == ["loop", "sort_gather"] and cases[0].spec.d_model == 32
+
+
+def test_a_mistake_in_on_cuda_is_refused_on_cpu_but_a_valid_section_still_loads(tmp_path):
+    good = write(tmp_path, "grid: {backend: [loop]}\non_cuda: {workload: {tokens: 4096}}\n", name="good.yaml")
+    assert [c.workload.tokens for c in load_suite(str(good)).cases] == [512]
+    bad = write(tmp_path, "grid: {backend: [loop]}\non_cuda: {measure: {min_samples: 0}}\n", name="bad.yaml")
+    with pytest.raises(SuiteError, match="measure.min_samples=0"):
+        load_suite(str(bad))
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x00\xff\xfe binary", "not a text file"),
+    (b"description: x\n" + b"#" * (1 << 20), "larger than 1,048,576 bytes"),
+])
+def test_binary_and_oversized_suite_files_are_refused_naming_the_file(tmp_path, content, expected):
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SuiteError) as err:
+        load_suite(str(path))
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_an_empty_suite_name_is_refused():
+    with pytest.raises(SuiteError, match="the suite name is empty; bundled suites are"):
+        load_suite("")
+
+
+def test_a_folder_given_as_a_suite_is_refused_as_not_a_regular_file(tmp_path):
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(SuiteError, match="folder.yaml: not a regular file"):
+        load_suite(str(folder))

@@ -20,6 +20,10 @@ A key the model needs and the dict lacks raises ValueError naming it. Keys that 
 commonly omit take transformers' defaults (num_key_value_heads = heads, head_dim = D / heads,
 tie_word_embeddings False, ...). Training-only coefficients (router_aux_loss_coef, aux_loss_alpha,
 router_z_loss_coef) are copied when present, else LayerSpec's defaults stay.
+
+Every size read is checked to be an integer within _INT_RANGES (not a bool, float or string) and every
+coefficient a finite number, so a hostile config (1e30 layers, a string vocab) is a ValueError naming
+the key rather than a hang (layer rules are evaluated layer by layer) or an overflow.
 """
 
 from __future__ import annotations
@@ -33,16 +37,56 @@ from moebench.spec import DTYPES, LayerSpec
 SUPPORTED = ("mixtral", "olmoe", "qwen2_moe", "deepseek", "deepseek_v2", "deepseek_v3", "jamba")
 _MISSING = object()
 
+# Caps far above every published model (DeepSeek-V3: 61 layers, hidden 7168, vocab 129,280, 256 experts;
+# Jamba: 72 layers) that keep counting instant and exact.
+MAX_LAYERS = 100_000
+MAX_WIDTH = 1 << 20  # hidden and FFN widths, heads, head dims, experts
+MAX_VOCAB = 1 << 24
+_LAYERS = (1, MAX_LAYERS)
+_WIDTH = (1, MAX_WIDTH)
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "num_hidden_layers": _LAYERS, "vocab_size": (1, MAX_VOCAB),
+    "hidden_size": _WIDTH, "intermediate_size": _WIDTH, "moe_intermediate_size": _WIDTH,
+    "shared_expert_intermediate_size": (0, MAX_WIDTH),
+    "num_local_experts": _WIDTH, "num_experts": _WIDTH, "n_routed_experts": _WIDTH, "n_shared_experts": (0, MAX_WIDTH),
+    "num_experts_per_tok": _WIDTH, "n_group": _WIDTH, "topk_group": _WIDTH,
+    "num_attention_heads": _WIDTH, "num_key_value_heads": _WIDTH, "head_dim": _WIDTH,
+    "q_lora_rank": _WIDTH, "kv_lora_rank": _WIDTH, "qk_nope_head_dim": _WIDTH, "qk_rope_head_dim": _WIDTH,
+    "v_head_dim": _WIDTH,
+    "first_k_dense_replace": (0, MAX_LAYERS), "moe_layer_freq": _LAYERS, "decoder_sparse_step": _LAYERS,
+    "expert_layer_period": _LAYERS, "expert_layer_offset": (0, MAX_LAYERS),
+    "attn_layer_period": _LAYERS, "attn_layer_offset": (0, MAX_LAYERS),
+    "mamba_expand": _WIDTH, "mamba_d_state": _WIDTH, "mamba_d_conv": _WIDTH,
+}
+_NUMBER_KEYS = ("routed_scaling_factor", "aux_loss_alpha", "router_aux_loss_coef", "router_z_loss_coef")
+
 
 def _get(cfg: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
-    """cfg[key]; None counts as absent (transformers writes None for 'derive me')."""
+    """cfg[key], checked against _INT_RANGES / _NUMBER_KEYS; None counts as absent (transformers writes
+    None for 'derive me')."""
     value = cfg.get(key)
     if value is not None:
+        _check_value(key, value)
         return value
     if default is _MISSING:
         raise ValueError(f"config has no {key!r}, which model_type {cfg.get('model_type')!r} needs "
                          f"(supported model types: {', '.join(SUPPORTED)})")
     return default
+
+
+def _check_value(key: str, value: Any) -> None:
+    if key in _INT_RANGES:
+        lo, hi = _INT_RANGES[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"config {key}={value!r} is invalid: must be an integer in [{lo:,}, {hi:,}]")
+    elif key in _NUMBER_KEYS:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"config {key}={value!r} is invalid: must be a finite number")
+    elif key == "mlp_only_layers":
+        if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+            raise ValueError(f"config mlp_only_layers={value!r} is invalid: must be a list of layer indices")
+    elif key == "mamba_dt_rank" and value != "auto":
+        _check_value("mamba_d_state", value)  # an integer width, as d_state
 
 
 def _model_type(cfg: dict[str, Any]) -> str:
@@ -77,7 +121,7 @@ def _deepseek_routing(cfg: dict[str, Any], model_type: str) -> dict[str, Any]:
         "n_groups": _get(cfg, "n_group", 1) if grouped else 1,
         "topk_groups": _get(cfg, "topk_group", 1) if grouped else 1,
     }
-    if "aux_loss_alpha" in cfg:
+    if _get(cfg, "aux_loss_alpha", None) is not None:
         fields["aux_loss_coef"] = float(cfg["aux_loss_alpha"])
     return fields
 
@@ -106,10 +150,10 @@ def _moe_fields(cfg: dict[str, Any], model_type: str) -> dict[str, Any]:
             shared = _get(cfg, "shared_expert_intermediate_size")
             if shared:
                 fields.update(n_shared=1, shared_d_ff=shared, shared_gate=True)
-        if "router_aux_loss_coef" in cfg:
+        if _get(cfg, "router_aux_loss_coef", None) is not None:
             fields["aux_loss_coef"] = float(cfg["router_aux_loss_coef"])
     # z-loss: only OLMoE trains with one; the others get 0 unless the config says otherwise.
-    z_loss = cfg.get("router_z_loss_coef")
+    z_loss = _get(cfg, "router_z_loss_coef", None)
     fields["z_loss_coef"] = float(z_loss) if z_loss is not None else (0.001 if model_type == "olmoe" else 0.0)
     dtype = cfg.get("dtype") or cfg.get("torch_dtype")
     if dtype in DTYPES:
@@ -129,7 +173,7 @@ def _attention(cfg: dict[str, Any], model_type: str) -> Attention:
     kv_heads = _get(cfg, "num_key_value_heads", heads)
     if model_type in ("deepseek_v2", "deepseek_v3"):
         # transformers' DeepseekV2/V3 config sets head_dim = qk_rope_head_dim: not read here.
-        return Attention(heads, kv_heads, q_lora_rank=cfg.get("q_lora_rank"),
+        return Attention(heads, kv_heads, q_lora_rank=_get(cfg, "q_lora_rank", None),
                          kv_lora_rank=_get(cfg, "kv_lora_rank"), qk_nope_head_dim=_get(cfg, "qk_nope_head_dim"),
                          qk_rope_head_dim=_get(cfg, "qk_rope_head_dim"), v_head_dim=_get(cfg, "v_head_dim"))
     head_dim = _get(cfg, "head_dim", _get(cfg, "hidden_size") // heads)
@@ -165,7 +209,7 @@ def model_from_hf_config(cfg: dict[str, Any]) -> ModelShape:
     model_type = _model_type(cfg)
     moe = layer_spec_from_hf_config(cfg)
     return ModelShape(
-        name=cfg.get("_name_or_path") or model_type,
+        name=str(cfg.get("_name_or_path") or model_type),
         n_layers=_get(cfg, "num_hidden_layers"),
         d_model=moe.d_model,
         vocab=_get(cfg, "vocab_size"),

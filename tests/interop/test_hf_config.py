@@ -8,6 +8,7 @@ parameter count accounting derives from their config's to_dict()).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -168,3 +169,29 @@ def test_param_count_equals_transformers_model(case):
 def test_supported_types_are_all_exercised():
     types = {cfg["model_type"] for cfg in CONFIG_JSON.values()}
     assert set(SUPPORTED) == types
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("num_hidden_layers", 1e30, "must be an integer in [1, 100,000]"),
+    ("num_hidden_layers", 100_001, "must be an integer in [1, 100,000]"),  # 10**30: tests/test_cli.py, bounded
+    ("num_hidden_layers", True, "must be an integer"),
+    ("hidden_size", "4096", "must be an integer in [1, 1,048,576]"),
+    ("hidden_size", 4096.0, "must be an integer"),
+    ("vocab_size", 10**12, "must be an integer in [1, 16,777,216]"),
+    ("num_local_experts", 2**40, "must be an integer in [1, 1,048,576]"),
+    ("num_key_value_heads", -8, "must be an integer"),
+    ("router_aux_loss_coef", float("nan"), "must be a finite number"),
+    ("router_aux_loss_coef", [0.02], "must be a finite number"),
+])
+def test_absurd_or_mistyped_sizes_are_refused_naming_the_key(key, value, allowed):
+    """A config with 1e30 layers would otherwise hang counting them (layer rules are evaluated per layer)."""
+    with pytest.raises(ValueError, match=rf"config {key}=.* is invalid: {re.escape(allowed)}"):
+        model_from_hf_config({**CONFIG_JSON["mixtral-8x7b"], key: value})
+
+
+def test_mistyped_qwen_and_jamba_layer_lists_are_refused():
+    qwen = CONFIG_JSON["qwen2-57b-a14b"]
+    with pytest.raises(ValueError, match="config mlp_only_layers=5 is invalid: must be a list of layer indices"):
+        model_from_hf_config({**qwen, "mlp_only_layers": 5})
+    with pytest.raises(ValueError, match=r"config decoder_sparse_step=0 is invalid"):
+        model_from_hf_config({**qwen, "decoder_sparse_step": 0})
