@@ -30,7 +30,14 @@ from typing import Any
 
 import yaml
 
-from moebench.store import ResultsWriteError, ResultWriter, finished_case_ids, first_record
+from moebench.store import (
+    ResultsWriteError,
+    ResultWriter,
+    finished_case_ids,
+    first_record,
+    latest_case_records,
+    read_records,
+)
 from moebench.suite import SPEC_FIELDS, WORKLOAD_FIELDS, Case, Suite
 from moebench.worker import EnvironmentProblem, Worker
 
@@ -77,7 +84,7 @@ def settle_results(path: Path) -> int:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return len(finished_case_ids(path))
+    return len(latest_case_records(read_records(path)))  # any status: what a --resume will not lose
 
 
 def usable_cpus() -> int:

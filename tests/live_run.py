@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -38,11 +37,9 @@ class LiveRun:
         self.out = tmp_path / "out"
         self.tmpdir = tmp_path / "tmp"
         self.tmpdir.mkdir()
-        # The native kernels' compile cache stays this user's usual one, outside the run's TMPDIR: it is
-        # meant to outlive runs (and its own temporary files are the native build's tests' concern).
-        usual = Path(tempfile.gettempdir()) / f"moebench_native_{os.getuid()}"
-        cache = os.environ.get("MOEBENCH_NATIVE_CACHE", str(usual))
-        env = {**os.environ, "TMPDIR": str(self.tmpdir), "MOEBENCH_NATIVE_CACHE": cache}
+        # The native kernels' compile cache stays the user's own (~/.cache/moebench/native unless
+        # MOEBENCH_NATIVE_CACHE says otherwise), outside the run's TMPDIR: it is meant to outlive runs.
+        env = {**os.environ, "TMPDIR": str(self.tmpdir)}
         self.proc = subprocess.Popen([sys.executable, "-m", "moebench.cli", "run", str(suite), "--out", str(self.out)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                      start_new_session=True)
