@@ -151,7 +151,10 @@ def read_suite_file(path: Path) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise SuiteError(f"{path}: not a text file (byte {err.start} is not UTF-8)") from None
-    loader = _SuiteLoader(text, path)
+    try:
+        loader = _SuiteLoader(text, path)  # its reader refuses control characters (a binary file) at once
+    except yaml.YAMLError as err:
+        raise SuiteError(f"{path}: not a YAML text file: {' '.join(str(err).split())}") from None
     try:
         node = loader.get_single_node()
         if node is None:

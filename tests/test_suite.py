@@ -170,6 +170,7 @@ def test_a_mistake_in_on_cuda_is_refused_on_cpu_but_a_valid_section_still_loads(
 
 @pytest.mark.parametrize("content, expected", [
     (b"\x00\xff\xfe binary", "not a text file"),
+    (b"\x00\x01\x02binary", "not a YAML text file"),  # valid UTF-8, but control characters
     (b"description: x\n" + b"#" * (1 << 20), "larger than 1,048,576 bytes"),
 ])
 def test_binary_and_oversized_suite_files_are_refused_naming_the_file(tmp_path, content, expected):
