@@ -225,7 +225,7 @@ def run_ab(repo: Path, rev: str, suite_path: Path, out_dir: Path, rounds: int = 
                       out_dir / "baseline.jsonl", out_dir / "candidate.jsonl")
     for records, path in ((result.baseline, result.baseline_path), (result.candidate, result.candidate_path)):
         path.unlink(missing_ok=True)
-        writer = ResultWriter(path)
-        for rec in records:
-            writer.append({k: v for k, v in rec.items() if k != "schema"})
+        with ResultWriter(path, exclusive=True) as writer:  # closed (lock released) even on a full disk
+            for rec in records:
+                writer.append({k: v for k, v in rec.items() if k != "schema"})
     return result

@@ -251,6 +251,7 @@ def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inj
     from datetime import datetime, timezone
 
     from moebench import compare
+    from moebench.store import ResultsWriteError
 
     try:
         if rev is None:
@@ -282,6 +283,9 @@ def compare_cmd(runs, rev, suite, rounds, threads, filters, device, out_dir, inj
     except compare.NotComparable as err:
         click.echo(f"moebench: not comparable: {err}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except ResultsWriteError as err:  # A/B mode's merged files: a full disk is no regression
+        click.echo(f"moebench: environment problem: {err}", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
     if fmt == "json":
         click.echo(compare.format_json(verdicts, threshold, alpha))
     elif fmt == "markdown":
@@ -342,7 +346,8 @@ EXIT_ENVIRONMENT = 3
 @click.option("--resume", is_flag=True,
               help="Continue the newest earlier run of this suite on this --device in --out: skip its ok "
                    "cases, run the failed ones again. Refused (exit 2) if that run had another suite file, "
-                   "--dtype or --threads; with no earlier run, a new run starts (and says so).")
+                   "--dtype or --threads, or if the suite's only runs there are on another device; with no "
+                   "earlier run, a new run starts (and says so).")
 @click.option("--filter", "filters", multiple=True, metavar="EXPR",
               help="Keep cases where key=value holds (or whose id contains EXPR); repeatable, all must match.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, callback=_check_threads,
@@ -414,7 +419,7 @@ def _stopped_run(started: dict) -> str:
 
     if not started:
         return "nothing was recorded"
-    recorded = settle_results(Path(started["path"]))
+    recorded = settle_results(Path(started["path"]), started["case_ids"])
     total = started["cases"] + started["skipped"]
     return (f"{recorded} of {total} cases are recorded in {started['path']}; "
             "run the same command with --resume to continue")

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -74,9 +74,9 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def settle_results(path: Path) -> int:
+def settle_results(path: Path, case_ids: Iterable[str]) -> int:
     """After a stop: fsync the results file (the signal may have landed between an append's write and
-    its fsync) and return how many cases it records."""
+    its fsync) and return how many of case_ids (the run's selected cases) it records, any status."""
     if not path.exists():
         return 0
     fd = os.open(path, os.O_RDONLY)
@@ -84,7 +84,7 @@ def settle_results(path: Path) -> int:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return len(latest_case_records(read_records(path)))  # any status: what a --resume will not lose
+    return len(set(case_ids) & latest_case_records(read_records(path)).keys())
 
 
 def usable_cpus() -> int:
@@ -260,24 +260,34 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
     if not cases:
         raise ValueError(f"no case of suite {suite.name!r} matches --filter {' '.join(options.filters)!r}")
     threads = options.threads or usable_cpus()
+    from moebench.measure.environment import capture_environment
+
+    environment = capture_environment(options.device, threads)  # before the file exists: it imports torch
     writer, resumed = open_results(suite, options, threads)
+    try:  # whatever ends the run (a signal, a full disk, a bug), the lock is released
+        return _run_cases(suite, options, cases, writer, resumed, threads, environment, on_event)
+    finally:
+        writer.close()  # an empty file of this run (stopped before its first record) is removed
+
+
+def _run_cases(suite: Suite, options: RunOptions, cases: list[Case], writer: ResultWriter, resumed: bool,
+               threads: int, environment: dict[str, Any], on_event: Callable[[str, dict], None] | None) -> RunSummary:
+    """Write the run record, then run every case not finished earlier and append its record."""
     path = writer.path
     done = finished_case_ids(path) if resumed else set()  # only ok/skipped: failed cases run again
     todo = [c for c in cases if c.case_id not in done]
-    if on_event:
-        on_event("start", {"cases": len(todo), "skipped": len(cases) - len(todo), "path": str(path),
-                           "resumed": resumed})
     summary = RunSummary(path=path, skipped=len(cases) - len(todo))
     run_id = path.stem
-    from moebench.measure.environment import capture_environment
-
     writer.append({"type": "run", "run_id": run_id, "suite": suite.name, "suite_digest": suite.digest,
                    "kind": suite.kind, "started": _now(), "resumed": resumed,
                    "options": {"device": options.device, "threads": threads, "filters": list(options.filters),
                                "dtype": options.dtype},
                    # single-process today: one file, written by rank 0 of 1 (docs/results.md#the-run-record)
                    "rank": 0, "world_size": 1,
-                   "environment": capture_environment(options.device, threads)})
+                   "environment": environment})
+    if on_event:
+        on_event("start", {"cases": len(todo), "skipped": len(cases) - len(todo), "path": str(path),
+                           "resumed": resumed, "case_ids": [c.case_id for c in cases]})
     progress = Progress(len(todo), enabled=options.show_progress)
     worker = Worker(options.device, threads)
     try:
@@ -294,7 +304,6 @@ def run_suite(suite: Suite, options: RunOptions, on_event: Callable[[str, dict],
                 on_event("case", record)
     finally:
         worker.close()
-        writer.close()  # releases the lock
     return summary
 
 

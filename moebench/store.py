@@ -90,6 +90,10 @@ class ResultWriter:
             os.close(fd)
             raise ResultsFileBusy(f"{self.path} is being written by another moebench run ({holder}); wait for "
                                   "it to finish, or write to another --out folder") from None
+        except OSError as err:  # a file system without locks (some network or FUSE mounts)
+            os.close(fd)
+            raise ResultsWriteError(err.errno, f"cannot lock results file {self.path}: {err.strerror or err}; "
+                                               "write to a folder on a local disk (--out)") from None
         self.fd = fd
         self._set_aside_torn_tail()  # now, so that readers of the file see whole records only
 
@@ -111,7 +115,11 @@ class ResultWriter:
                                                f"{err.strerror or err}; the record was not written ({kept})") from None
 
     def close(self) -> None:
+        """Release the file (and its lock). A file this writer created that is still empty (the run
+        stopped before its first record) is removed: no reader could use it."""
         if self.fd >= 0:
+            if self.created and os.fstat(self.fd).st_size == 0:
+                self.path.unlink(missing_ok=True)
             os.close(self.fd)  # releases the lock
             self.fd = -1
 

@@ -60,10 +60,12 @@ class Worker:
         parent, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, self.device, self.threads, os.getpid()),
                                    daemon=True)
-        with _sigint_ignored():  # inherited by the worker
-            self.process.start()
-        child.close()
         self.conn = parent
+        try:
+            with _sigint_ignored():  # inherited by the worker
+                self.process.start()
+        finally:  # also when a stop signal cuts start() short: close() then reaps what exists
+            child.close()
         self.oom_kills = OomKillCounter.of(self.process.pid)
         if not _received_ready(parent):
             code = self._reap(kill=True)
@@ -131,8 +133,10 @@ class Worker:
             for pid in family:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        process.join()
-        self.conn.close()
+        if process.pid is not None:  # None: a stop signal came before start() made the process
+            process.join()
+        if self.conn is not None:
+            self.conn.close()
         self.process, self.conn, self.idle = None, None, False
         return process.exitcode
 

@@ -120,3 +120,32 @@ def test_sigint_and_sigterm_stop_the_run_cleanly(tmp_path, sig, to_group, code):
     assert [json.loads(line)["type"] for line in lines] == ["run", "case"] and lines[-1].endswith("\n")
     assert left == set(), f"left running: {run.processes()}"
     assert leftovers == []
+
+
+def test_a_run_that_ends_before_its_first_record_leaves_no_file_and_no_lock(tmp_path, monkeypatch):
+    """Whatever ends a run between creating its file and writing the run record (a stop signal, a full
+    disk, a bug) leaves no empty file that report, compare and --resume would trip over."""
+    import moebench.runner
+
+    suite = load_suite(str(write_suite(tmp_path, "grid: {tokens: [8]}\n")))
+    out = tmp_path / "out"
+
+    def stopped(self, record):
+        raise KeyboardInterrupt  # as a signal would, before the first record is written
+
+    monkeypatch.setattr(moebench.runner.ResultWriter, "append", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, RunOptions(out_dir=out, show_progress=False))
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    summary = run_suite(suite, RunOptions(out_dir=out, show_progress=False))  # no lock was left held
+    assert [r["status"] for r in summary.records] == ["ok"]
+
+
+def test_a_stopped_run_counts_only_its_own_cases_as_recorded(tmp_path):
+    from moebench.runner import settle_results
+
+    path = write_suite(tmp_path, "grid: {tokens: [8, 16]}\n")
+    summary = run_suite(load_suite(str(path)), RunOptions(out_dir=tmp_path / "out", show_progress=False))
+    assert settle_results(summary.path, ["tokens=8", "tokens=16"]) == 2
+    assert settle_results(summary.path, ["tokens=16"]) == 1  # a --resume --filter selected one of them

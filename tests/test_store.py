@@ -189,3 +189,13 @@ def test_a_new_file_whose_first_record_does_not_fit_is_removed_again(tmp_path, m
         with pytest.raises(OSError, match="the new file was removed"):
             writer.append({"type": "run", "run_id": "r"})
     assert not path.exists()
+
+
+def test_a_new_file_closed_before_its_first_record_is_removed_but_an_earlier_run_is_kept(tmp_path):
+    new = tmp_path / "new.jsonl"
+    ResultWriter(new, exclusive=True).close()  # a run stopped before its run record: nothing to read
+    assert not new.exists()
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_bytes(b"")
+    ResultWriter(earlier).close()  # a file this writer did not create is never removed
+    assert earlier.exists()

@@ -135,3 +135,21 @@ def test_the_kernel_oom_killer_ending_the_worker_is_oom_and_says_how_moebench_kn
     assert record["status"] == "oom", record["error"]
     assert "out-of-memory killer" in record["error"] and "oom_kill counter of its memory cgroup" in record["error"]
     assert group.name in record["error"]
+
+
+def test_a_stop_that_cuts_the_workers_start_short_is_cleaned_up_without_an_error(monkeypatch):
+    """A stop signal can land inside multiprocessing's start(), before the process exists; closing the
+    worker then must not raise (it raised 'can only join a started process', a traceback, exit 1)."""
+    import multiprocessing.context
+
+    from moebench.worker import Worker
+
+    def interrupted_start(self):
+        raise KeyboardInterrupt  # where RunStopped would come from
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", interrupted_start)
+    worker = Worker("cpu", 1)
+    with pytest.raises(KeyboardInterrupt):
+        worker._start()
+    worker.close()
+    assert worker.process is None and worker.conn is None
