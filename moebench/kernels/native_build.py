@@ -103,11 +103,19 @@ def unsafe_parent(path: Path) -> str | None:
 
 def safe_cache_dir() -> tuple[Path | None, str | None]:
     """(the cache folder, created 0700 where missing, None) or (None, why it may not be used)."""
-    folder, origin = cache_dir()
+    try:
+        folder, origin = cache_dir()
+    except RuntimeError as exc:  # no HOME and no passwd entry: Path.home() has nothing to say
+        return None, f"no cache folder for compiled kernels ({exc}); set MOEBENCH_NATIVE_CACHE"
     try:
         with contextlib.suppress(FileExistsError):  # a file of that name: unsafe_reason says it is no folder
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        problem = unsafe_reason(folder, is_dir=True) or unsafe_parent(folder)
+        problem = unsafe_reason(folder, is_dir=True)  # the folder itself may not be a link
+        if not problem:
+            # From here on every path is the resolved one, so no link on the way (which a user who may
+            # write its folder could swap between this check and the load) is followed again.
+            folder = Path(os.path.realpath(folder))
+            problem = unsafe_reason(folder, is_dir=True) or unsafe_parent(folder)
     except OSError as exc:
         problem = f"cannot create {folder}: {exc}"
     if problem:
@@ -177,8 +185,10 @@ def custom_op(library: torch.library.Library, schema: str, fake: Callable):
 
     torch.library's low-level registration rather than torch.library.custom_op: the op then costs ~5 us per
     call in the dispatcher here, against ~35 us for custom_op's Python autograd and view handling, and the
-    hot loops call some ops once per expert. Without an autograd kernel, a gradient through an op is an
-    error (torch's fallback), as it should be: callers use the C kernels only without autograd."""
+    hot loops call some ops once per expert. There is no autograd kernel: torch's fallback then lets no
+    gradient through an op (it only warns), so callers use the C kernels only where no gradient must flow
+    through the op itself: sort_gather without autograd, or inside an autograd.Function that supplies its
+    own backward (PEER's GatherDot)."""
     def register(kernel: Callable):
         name = schema.split("(")[0]
         library.define(schema)

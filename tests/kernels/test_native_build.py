@@ -118,6 +118,22 @@ def test_a_cache_folder_under_a_folder_others_may_write_is_refused(tmp_path, mon
     assert folder is None and "writable by others without the sticky bit" in problem
 
 
+
+def test_a_link_on_the_way_to_the_cache_is_resolved_once_so_it_cannot_be_swapped_before_the_load(tmp_path,
+                                                                                                 monkeypatch):
+    """A link inside a folder others may write could be pointed elsewhere between the checks and the
+    load: the cache folder returned (and loaded from) is the resolved one, whose every parent was checked."""
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "link").symlink_to(safe)
+    monkeypatch.setenv("MOEBENCH_NATIVE_CACHE", str(shared / "link" / "cache"))
+    folder, problem = native_build.safe_cache_dir()
+    assert problem is None and folder == (safe / "cache").resolve()
+    assert "shared" not in str(folder)
+
 FAILING_CC = """#!/bin/sh
 # a compiler that writes part of its output, then fails ({how})
 for a; do [ "$prev" = "-o" ] && echo partial > "$a"; prev=$a; done
