@@ -9,7 +9,8 @@ Call sites say what they run with `note(step, impl)` once they have chosen it. W
 "experts", the activation by name ("swiglu", "gelu", "relu"), "combine", "shared" (shared experts), and
 PEER's phases "query", "subkey_scores", "candidate_topk", "gather_experts". A step noted twice in one
 recording keeps its first note: the forward's, where a training step's backward reruns a step in other
-code (the triton backend's backward is torch's grouped_mm). Records carry the result as their "code" field (docs/results.md).
+code (the triton backend's backward is torch's grouped_mm). Records carry the result as their "code"
+field (docs/results.md).
 """
 
 from __future__ import annotations
