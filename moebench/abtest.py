@@ -75,6 +75,19 @@ def interleave(baseline: Side, candidate: Side, run_side: SideRunner,
     return runs["baseline"], runs["candidate"]
 
 
+def merged_code(seen: dict[str, str] | None, code: dict[str, str]) -> dict[str, str]:
+    """The `code` of a side over its rounds: a step whose implementation differed between rounds names
+    them all ("native_c|torch"), so compare sees other code than a side that ran one, never one round's."""
+    merged = dict(seen or {})
+    for step, impl in code.items():
+        prior = merged.get(step)
+        if prior is None:
+            merged[step] = impl
+        elif impl not in prior.split("|"):
+            merged[step] = f"{prior}|{impl}"
+    return merged
+
+
 def merge_rounds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One run's worth of records from several rounds of the same side.
 
@@ -82,6 +95,7 @@ def merge_rounds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     record (counters, spec) with every round's raw samples concatenated into samples.latency_s,
     samples.round labelling each sample with its round, metrics.latency_s the median of them all,
     and the status of the first round that did not finish ok (a failure in any round is a failure).
+    Its `code` names every implementation a step ran in any round (merged_code).
     A round with no record of the case (its run stopped early) counts as that case crashing there.
     """
     if not runs:
@@ -112,6 +126,8 @@ def merge_rounds(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             out["round_medians"].append(stats.median(samples) if samples else None)
             if rec.get("status") != "ok" and out.get("status") == "ok":
                 out["status"], out["error"] = rec["status"], f"round {r}: {rec.get('error')}"
+            if isinstance(rec.get("code"), dict):
+                out["code"] = merged_code(out.get("code"), rec["code"])
     for case_id, rec in merged.items():
         absent = [r for r in range(len(runs)) if r not in rounds_seen[case_id]]
         if absent and rec.get("status") == "ok":  # missing evidence is never judged as if complete

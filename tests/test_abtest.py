@@ -142,3 +142,18 @@ def test_real_aa_run_against_head_is_not_slow(tmp_path):
     verdicts = compare.compare_runs(result.baseline, result.candidate, threshold=1.0)
     assert {v.verdict for v in verdicts if v.metric == "latency_s"} <= {"SAME", "FAST", "AMBIGUOUS"}
     assert not [v for v in verdicts if v.verdict == "CHANGED"], verdicts
+
+
+def test_a_step_whose_code_differed_between_rounds_is_never_taken_for_one_rounds_code():
+    rounds = [fake_records("candidate", r) for r in range(3)]
+    for r, impl in enumerate(["native_c", "torch", "native_c"]):
+        for rec in rounds[r]:
+            if rec.get("type") == "case":
+                rec["code"] = {"sort": impl, "experts": "onednn"}
+    merged = merge_rounds(rounds)
+    assert merged[1]["code"] == {"sort": "native_c|torch", "experts": "onednn"}
+    base = merge_rounds([fake_records("baseline", r) for r in range(3)])
+    for rec in base[1:]:
+        rec["code"] = {"sort": "native_c", "experts": "onednn"}
+    verdicts = {v.case_id: v.verdict for v in compare.compare_runs(base, merged) if v.metric == "code"}
+    assert verdicts == {"a": "CHANGED", "b": "CHANGED"}
