@@ -44,7 +44,6 @@ import json
 import math
 import string
 import unicodedata
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -248,8 +247,8 @@ def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[
         if get(base_run) != get(cand_run):
             raise NotComparable(f"the runs differ in {field}: baseline {get(base_run)!r}, "
                                 f"candidate {get(cand_run)!r}")
-    base_cases = _cases(baseline)
-    cand_cases = _cases(candidate)
+    base_cases = latest_case_records(baseline)  # a case retried by --resume: its last record counts
+    cand_cases = latest_case_records(candidate)
     if not any(r["status"] == "ok" for r in base_cases.values()):
         # Nothing to measure the candidate against; a gate must not read that as a pass.
         raise NotComparable(f"the baseline has no finished case ({len(base_cases)} case records, "
@@ -260,10 +259,6 @@ def check_comparable(baseline: list[dict], candidate: list[dict]) -> tuple[dict[
         if b_dtype != c_dtype:
             raise NotComparable(f"case {case_id!r} differs in dtype: baseline {b_dtype!r}, candidate {c_dtype!r}")
     return base_cases, cand_cases
-
-
-def _cases(records: Iterable[dict]) -> dict[str, dict]:
-    return latest_case_records(records)  # a case retried by --resume: its last record counts
 
 
 def timing_key(base: dict, cand: dict, metric: str = "auto") -> str:

@@ -296,10 +296,6 @@ def finished_case_ids(path: Path) -> set[str]:
             if record.get("status") in FINISHED_STATUSES}
 
 
-def run_records(path: Path) -> list[dict[str, Any]]:
-    return [r for r in read_records(path) if r.get("type") == "run"]
-
-
 def load_results(*paths: str | Path) -> "pandas.DataFrame":  # noqa: F821
     """One row per case: identity columns, spec.* and workload.* parameters, and every metric.
 
@@ -309,19 +305,26 @@ def load_results(*paths: str | Path) -> "pandas.DataFrame":  # noqa: F821
     import pandas as pd
 
     rows = []
-    for path in paths:
-        path = Path(path)
+    for file in results_files(paths):
+        rows.extend(_case_rows(file))
+    return pd.DataFrame(rows)
+
+
+def results_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Every results file named, or inside a folder named (its *.jsonl, sorted); ValueError naming a
+    path that does not exist or a folder with no results."""
+    files: list[Path] = []
+    for path in map(Path, paths):
         if path.is_dir():
-            files = sorted(path.glob("*.jsonl"))
-            if not files:
+            found = sorted(path.glob("*.jsonl"))
+            if not found:
                 raise ValueError(f"{path}: no results (*.jsonl) in this folder")
+            files += found
         elif path.exists():
-            files = [path]
+            files.append(path)  # read_numbered_records refuses what is not a regular file, naming it
         else:
             raise ValueError(f"{path}: no such results file")
-        for file in files:
-            rows.extend(_case_rows(file))
-    return pd.DataFrame(rows)
+    return files
 
 
 def _case_rows(file: Path) -> list[dict[str, Any]]:

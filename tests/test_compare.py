@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from moebench import compare
 from moebench.cli import cli
 from moebench.compare import NotComparable, compare_runs, timing_verdict
-from moebench.store import ResultWriter
+from moebench.store import ResultWriter, latest_case_records
 
 
 def run_record(suite="ci", device="cpu"):
@@ -268,7 +268,7 @@ def test_load_run_skips_a_torn_last_line_and_keeps_the_last_record_of_a_case(tmp
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + json.dumps(case_record("b", noisy(1.0)))[:50])
     records = compare.load_run(path)
     assert [r.get("case_id") for r in records] == [None, "a", "a"]
-    assert compare._cases(records)["a"]["status"] == "ok"
+    assert latest_case_records(records)["a"]["status"] == "ok"
 
 
 # --- the code that ran ----------------------------------------------------------------------------

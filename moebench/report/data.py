@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from moebench import store
 from moebench.store import latest_case_records, read_records
 
 
@@ -41,18 +42,7 @@ def results_files(paths) -> list[Path]:
     """Every JSONL file named, or inside a folder named; ValueError naming what is missing."""
     if not paths:
         raise ValueError("no results given: pass one or more results .jsonl files or folders")
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(path.glob("*.jsonl"))
-            if not found:
-                raise ValueError(f"{path}: no results (*.jsonl) in this folder")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ValueError(f"{path}: no such results file")
-    return files
+    return store.results_files(paths)
 
 
 def load_runs(paths) -> tuple[list[Run], pd.DataFrame]:
