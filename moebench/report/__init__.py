@@ -20,7 +20,8 @@ from pathlib import Path
 
 from moebench.report import plots
 from moebench.report.data import conditions, load_runs
-from moebench.report.html import Section, cases_table, esc, failures_table, figure_html, page
+from moebench.report.findings import findings_for
+from moebench.report.html import Section, cases_table, esc, failures_table, figure_html, findings_html, page
 
 __all__ = ["make_report", "default_output"]
 
@@ -59,11 +60,14 @@ def make_report(paths, out: str | Path | None = None) -> Path:
                 continue
             plot.figure.savefig(png, dpi=DPI, metadata={"Software": None})
             width, height = _png_size(png)
-            img = figure_html(f"{files_name}/{name}.png", title, width, height)
+            img = figure_html(f"{files_name}/{name}.png", plot.alt or title, width, height)
             sections.append(Section(title, f"{img}\n<p class=\"caption\">{esc(caption)}</p>",
-                                    conditions(plot.data, runs)))
+                                    conditions(plot.data, runs), anchor=f"fig-{name}"))
         sections.append(Section("All cases", cases_table(df, multi) + f'\n<p class="caption">{esc(TABLE_NOTE)}</p>',
                                 conditions(df, runs)))
+        drawn = {s.anchor.removeprefix("fig-") for s in sections}
+        findings = findings_for(df, (r.kind for r in runs))
+        sections.insert(0, Section("Findings", findings_html(findings, drawn), anchor="findings"))
         failed = df[df["status"] != "ok"]
         if not failed.empty:
             sections.append(Section(f"Failed cases ({len(failed)})", failures_table(failed, multi),

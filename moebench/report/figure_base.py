@@ -23,6 +23,7 @@ COMPUTE_PHASES = ("experts", "shared")
 class Plot:
     figure: Figure
     data: pd.DataFrame  # the rows drawn: the conditions line is rendered from these
+    alt: str = ""  # the image's alt text: what is plotted against what, per panel; the title when empty
 
 
 def new_figure(width: float, height: float) -> Figure:

@@ -26,6 +26,8 @@ td.text { white-space: normal; overflow-wrap: anywhere; max-width: 32em; }
 .table { overflow-x: auto; }
 .bad { color: #b00; } .caption { font-size: 0.85em; margin: 0.3em 0; }
 pre { white-space: pre-wrap; margin: 0; font-size: 0.95em; }
+.findings li { margin: 0.35em 0; } .finding-conditions { color: #555; font-size: 0.9em; }
+.findings li.unanswered { color: #555; font-style: italic; }
 """
 
 
@@ -38,6 +40,7 @@ class Section:
     title: str
     body: str  # already-escaped HTML
     conditions: list[str] = field(default_factory=list)  # plain text, escaped on rendering
+    anchor: str = ""  # the section's id, the target of the findings' links ("fig-<name>" for a figure)
 
 
 def figure_html(src: str, alt: str, width: int, height: int) -> str:
@@ -52,10 +55,26 @@ def conditions_html(lines: list[str]) -> str:
 def page(title: str, intro: list[str], sections: list[Section]) -> str:
     parts = [f"<h1>{esc(title)}</h1>", *(f"<p>{esc(p)}</p>" for p in intro)]
     for s in sections:
-        parts += [f"<h2>{esc(s.title)}</h2>", s.body, conditions_html(s.conditions)]
+        heading = f'<h2 id="{esc(s.anchor)}">' if s.anchor else "<h2>"
+        parts += [f"{heading}{esc(s.title)}</h2>", s.body]
+        if s.conditions:
+            parts.append(conditions_html(s.conditions))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             + "\n".join(parts) + "\n</body>\n</html>\n")
+
+
+def findings_html(findings, drawn: set[str]) -> str:
+    """The findings as a list, each linked to its figure when that figure was drawn."""
+    items = []
+    for f in findings:
+        link = f' <a href="#fig-{esc(f.figure)}">[figure]</a>' if f.figure in drawn else ""
+        cond = f' <span class="finding-conditions">({esc(f.conditions)})</span>' if f.conditions else ""
+        cls = "" if f.answered else ' class="unanswered"'
+        items.append(f"<li{cls}>{esc(f.text)}{cond}{link}</li>")
+    if not items:
+        return "<p>No finding: these results hold nothing the findings of this suite kind are computed from.</p>"
+    return '<ul class="findings">' + "".join(items) + "</ul>"
 
 
 # --- tables ---------------------------------------------------------------------------------------
