@@ -61,7 +61,8 @@ def make_report(paths, out: str | Path | None = None) -> Path:
             plot.figure.savefig(png, dpi=DPI, metadata={"Software": None})
             width, height = _png_size(png)
             img = figure_html(f"{files_name}/{name}.png", plot.alt or title, width, height)
-            sections.append(Section(title, f"{img}\n<p class=\"caption\">{esc(caption)}</p>",
+            note = f"\n<p class=\"caption\">{esc(plot.note)}</p>" if plot.note else ""
+            sections.append(Section(title, f"{img}\n<p class=\"caption\">{esc(caption)}</p>{note}",
                                     conditions(plot.data, runs), anchor=f"fig-{name}"))
         sections.append(Section("All cases", cases_table(df, multi) + f'\n<p class="caption">{esc(TABLE_NOTE)}</p>',
                                 conditions(df, runs)))

@@ -48,7 +48,8 @@ def results_files(paths) -> list[Path]:
 def load_runs(paths) -> tuple[list[Run], pd.DataFrame]:
     """The runs and one row per case. Columns: run, case_id, status, error, case_params (the suite
     axes; the metric `params` is the parameter count), loads,
-    spec.*, workload.*, timing.*, and every metric under its contract name."""
+    spec.*, workload.*, timing.*, every metric under its contract name, case_record (the record as
+    read, raw samples included) and run.device."""
     runs: list[Run] = []
     rows: list[dict[str, Any]] = []
     for file in results_files(paths):
@@ -87,6 +88,9 @@ def _row(run: Run, case: dict[str, Any]) -> dict[str, Any]:
                 if not isinstance(v, dict)})
     row.update({f"timing.{k}": v for k, v in (case.get("timing") or {}).items()})
     row.update(case.get("metrics") or {})
+    # the raw record and the run's device, for the ratios figure (it reuses compare on the samples)
+    row.update({"case_record": case, "run.device": (run.record.get("options") or {}).get("device")
+                or run.environment.get("device")})
     return row
 
 

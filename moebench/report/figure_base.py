@@ -24,6 +24,7 @@ class Plot:
     figure: Figure
     data: pd.DataFrame  # the rows drawn: the conditions line is rendered from these
     alt: str = ""  # the image's alt text: what is plotted against what, per panel; the title when empty
+    note: str = ""  # plain text under the caption: what the figure could not show (cases left out), named
 
 
 def new_figure(width: float, height: float) -> Figure:

@@ -10,12 +10,14 @@ from moebench.report.fig_drops import drops, uniform_reference
 from moebench.report.fig_expert_load import expert_load
 from moebench.report.fig_memory import MEMORY_QUANTITIES, memory
 from moebench.report.fig_peer import peer
+from moebench.report.fig_ratios import ratios
 from moebench.report.fig_routing_tax import routing_crossover, routing_tax
 from moebench.report.fig_throughput import throughput
 from moebench.report.figure_base import Plot, case_label
 
 __all__ = ["FIGURES", "FIGURES_BY_KIND", "MEMORY_QUANTITIES", "Plot", "case_label", "drops", "expert_load",
-           "figures_for", "memory", "peer", "routing_crossover", "routing_tax", "throughput", "uniform_reference"]
+           "figures_for", "memory", "peer", "routing_crossover", "routing_tax", "throughput", "uniform_reference",
+           "ratios"]
 
 FIGURES = {  # name: (section title, function, caption under the figure)
     "throughput": ("Throughput", throughput,
@@ -40,6 +42,13 @@ FIGURES = {  # name: (section title, function, caption under the figure)
     "memory": ("Memory", memory,
                "Measured bytes (peak allocated during a step above what was live before it; the module's weights) "
                "beside analytic byte counts. Bytes moved is traffic per step, not memory held at once."),
+    "ratios": ("Ratios against the baseline run", ratios,
+               "Only with two or more runs. Each point: a case's median time per step in another run divided by "
+               "its median in the first run given (the baseline), on a log axis; bar: the 95% bootstrap CI of "
+               "that ratio; colour: the verdict of moebench compare at its defaults (threshold 10%, alpha 0.01; "
+               "CHANGED: other code ran); shaded: the band within which a change is SAME. Cases are paired by "
+               "case id as compare pairs them; runs on different devices are compared on wall latency. Largest "
+               "ratio first, at most 60 cases a panel."),
 }
 # "mixed" (quick) and unknown kinds get every figure their data supports.
 FIGURES_BY_KIND = {
@@ -53,11 +62,12 @@ FIGURES_BY_KIND = {
     "lifelong": ("throughput", "memory"),
     "ci": ("throughput",),
 }
+SEVERAL_RUNS = ("ratios",)  # asked for by every kind; drawn only when the report has two or more runs
 
 
 def figures_for(kinds) -> list[str]:
     """The figure names the given suite kinds call for, in FIGURES order."""
-    wanted: set[str] = set()
+    wanted: set[str] = set(SEVERAL_RUNS)
     for kind in kinds:
         wanted |= set(FIGURES_BY_KIND.get(kind, FIGURES))
     return [name for name in FIGURES if name in wanted]

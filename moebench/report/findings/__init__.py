@@ -27,17 +27,22 @@ class Finding:
 
 Finder = Callable[[pd.DataFrame], list[Finding]]
 
+# Finder modules import Finding from here, so they are imported once it exists.
+from moebench.report.findings.ratios import ratio_findings  # noqa: E402
+
 FINDERS: dict[str, Finder] = {  # name: finder; one module per subject
+    "ratios": ratio_findings,
 }
 
 # "mixed" (quick) and unknown kinds get every finder; a finder with nothing to say returns [].
 FINDINGS_BY_KIND: dict[str, tuple[str, ...]] = {
 }
+SEVERAL_RUNS = ("ratios",)  # asked for by every kind; a finding only with two or more runs
 
 
 def findings_for(df: pd.DataFrame, kinds: Iterable[str]) -> list[Finding]:
     """The findings the given suite kinds call for, in FINDERS order."""
-    wanted: set[str] = set()
+    wanted: set[str] = set(SEVERAL_RUNS)
     for kind in kinds:
         wanted |= set(FINDINGS_BY_KIND.get(kind, FINDERS))
     found: list[Finding] = []
