@@ -29,6 +29,7 @@ VERDICT_COLORS = {"SLOW": "#c62828", "FAST": "#2e7d32", "SAME": "#757575", "AMBI
 VERDICT_ORDER = tuple(VERDICT_COLORS)
 RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 RATIO_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 5, 10, 20, 50, 100)
+FINE_TICKS = (0.67, 0.8, 0.9, 1.1, 1.25, 1.5)
 METRIC_NAMES = {"cpu_s": "CPU time", "latency_s": "latency"}
 
 
@@ -129,7 +130,8 @@ def _not_comparable(b: dict, c: dict) -> str:
 def ratios(df: pd.DataFrame) -> Plot | None:
     """Each case's ratio (log x) with its CI as a bar, one marker per other run, coloured by verdict,
     over the SAME band of compare's threshold; the largest ratio on top, at most PANEL_CASES a panel."""
-    comps = [c for c in comparisons(df) if c.verdicts]
+    every = comparisons(df)
+    comps = [c for c in every if c.verdicts]
     if not comps:
         return None
     order = case_order(comps)
@@ -156,7 +158,7 @@ def ratios(df: pd.DataFrame) -> Plot | None:
     fig.suptitle(_title(comps, common), fontsize=10)
     runs = {comps[0].baseline, *(c.run for c in comps)}
     drawn = df[df["run"].isin(runs) & df["case_id"].isin(order)]
-    return Plot(fig, drawn, alt=alt_text(comps), note=note_text(comparisons(df)))
+    return Plot(fig, drawn, alt=alt_text(comps), note=note_text(every))
 
 
 def case_order(comps: list[Comparison]) -> list[str]:
@@ -237,7 +239,8 @@ def _set_ratio_axis(ax, values: list[float]) -> None:
     lo, hi = min(v) / (max(v) / min(v)) ** 0.05, max(v) * (max(v) / min(v)) ** 0.05
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
-    ticks = [t for t in RATIO_TICKS if lo <= t <= hi]
+    fine = hi / lo <= 8  # 0.9, 1.1 ... crowd each other on a wider axis
+    ticks = [t for t in RATIO_TICKS if lo <= t <= hi and (fine or t not in FINE_TICKS)]
     if hi / lo >= 100 or len(ticks) < 3:
         log_ticks(ax.xaxis, [lo, hi])
     else:  # under two decades: ratios a reader knows (0.8 = 20% faster, 1.25 = 25% slower)

@@ -112,7 +112,9 @@ def test_runs_without_a_common_case_say_so_in_an_unanswered_finding(tmp_path):
     _, df = load_runs([a, b])
     assert ratios(df) is None
     [finding] = [f for f in findings_for(df, ["ci"]) if f.figure == "ratios"]
-    assert not finding.answered and "only in a (1): x" in finding.text and "only in b (1): y" in finding.text
+    assert not finding.answered
+    assert finding.text == ("No case of b could be compared with a: they share no case id "
+                            "(1 case only in a, 1 case only in b).")
 
 
 def test_three_runs_draw_one_series_per_other_run_against_the_first(tmp_path):
@@ -141,6 +143,13 @@ def test_a_large_suite_is_split_into_panels_of_at_most_60_cases_none_dropped(tmp
     assert sorted(flat) == sorted(f"case{i}" for i in range(n))  # every case once
     assert flat[0] == f"case{n - 1}" and flat[-1] == "case0"  # the largest ratio first, over all panels
     assert [ax.get_title() for ax in panels] == ["cases 1–44 of 130", "cases 45–88 of 130", "cases 89–130 of 130"]
+
+
+def test_runs_whose_common_cases_cannot_be_compared_say_why_in_an_unanswered_finding(tmp_path):
+    a = write_run(tmp_path / "a.jsonl", [timed("x", BASE)], run_id="a")
+    b = write_run(tmp_path / "b.jsonl", [case("x", {}, status="crashed", error="segfault")], run_id="b")
+    [finding] = [f for f in findings_for(load_runs([a, b])[1], ["ci"]) if f.figure == "ratios"]
+    assert not finding.answered and "not compared (1): x (FAILED: crashed: segfault)" in finding.text
 
 
 def test_records_compare_cannot_use_are_listed_not_drawn(tmp_path):

@@ -21,6 +21,11 @@ def _finding(comp: Comparison) -> Finding:
                   "as moebench compare")
     left = len(comp.not_compared) + len(comp.only_baseline) + len(comp.only_run)
     tail = f"; {count_of_cases(left)} not compared (listed under the ratios figure)" if left else ""
+    if not comp.verdicts and not comp.not_compared:  # e.g. runs of two suites: naming every case says nothing
+        return Finding(f"No case of {comp.run} could be compared with {comp.baseline}: they share no case id "
+                       f"({count_of_cases(len(comp.only_baseline))} only in {comp.baseline}, "
+                       f"{count_of_cases(len(comp.only_run))} only in {comp.run}).", "ratios", conditions,
+                       answered=False)
     if not comp.verdicts:
         return Finding(f"No case of {comp.run} could be compared with {comp.baseline}: {comp.unmatched()}.",
                        "ratios", conditions, answered=False)
