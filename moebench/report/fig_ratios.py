@@ -143,7 +143,7 @@ def ratios(df: pd.DataFrame) -> Plot | None:
     fig = new_figure(14, len(panels) * (0.17 * per_panel + 1.1) + 1.2)
     axes = new_axes(fig, len(panels), 1, sharex=True, squeeze=False).ravel()
     ratios_drawn = [v.ratio for comp in comps for v in comp.verdicts]
-    for i, (ax, cases) in enumerate(zip(axes, panels, strict=False)):
+    for i, (ax, cases) in enumerate(zip(axes, panels, strict=True)):
         _draw_panel(ax, comps, cases, labels, per_panel)
         first = sum(len(p) for p in panels[:i]) + 1
         if len(panels) > 1:

@@ -187,3 +187,15 @@ def test_report_of_two_runs_shows_the_ratios_figure_and_links_its_finding(tmp_pa
     assert re.search(r'<li>cand against base: [^<]*<span class="finding-conditions">[^<]*</span> '
                      r'<a href="#fig-ratios">\[figure\]</a></li>', html)
     assert "ratios" in plots.figures_for(["capacity"])  # every kind asks for it; one run draws nothing
+
+
+def test_a_case_whose_code_changed_is_drawn_as_changed_never_slow(tmp_path):
+    base, cand = timed("c", BASE), timed("c", [x * 2 for x in BASE])
+    base["code"], cand["code"] = {"experts": "onednn"}, {"experts": "torch"}
+    _, df = load_runs([write_run(tmp_path / "a.jsonl", [base], run_id="a"),
+                       write_run(tmp_path / "b.jsonl", [cand], run_id="b")])
+    [v] = comparisons(df)[0].verdicts
+    assert (v.verdict, v.ratio) == ("CHANGED", pytest.approx(2.0))
+    assert drawn_points(ratios(df).figure.axes[0])["c"][3] == VERDICT_COLORS["CHANGED"]
+    [finding] = [f for f in findings_for(df, ["ci"]) if f.figure == "ratios"]
+    assert finding.text.startswith("b against a: 0 SLOW, 0 FAST, 0 SAME, 0 AMBIGUOUS, 1 CHANGED of 1 case; ")
