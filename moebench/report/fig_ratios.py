@@ -138,9 +138,9 @@ def ratios(df: pd.DataFrame) -> Plot | None:
     labels, common = short_labels(df, order)
     panels = split_evenly(order, PANEL_CASES)
     per_panel = len(panels[0])
-    # Panels stacked at the page's width (14 in at the report's 80 dpi = 1120 px): shown unscaled,
-    # the 7-point case labels stay legible however many panels there are.
-    fig = new_figure(14, len(panels) * (0.17 * per_panel + 1.1) + 1.2)
+    # Panels stacked at the page's width (13.8 in at the report's 80 dpi = 1104 px, within the page's
+    # 1150 px less its padding): shown unscaled, the 7-point labels stay legible however many panels.
+    fig = new_figure(13.8, len(panels) * (0.17 * per_panel + 1.1) + 1.2)
     axes = new_axes(fig, len(panels), 1, sharex=True, squeeze=False).ravel()
     ratios_drawn = [v.ratio for comp in comps for v in comp.verdicts]
     for i, (ax, cases) in enumerate(zip(axes, panels, strict=True)):

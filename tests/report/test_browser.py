@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from report_records import mixed_cases, write_run
+from report_records import case, mixed_cases, write_run
 
 from moebench.report import make_report
 
@@ -88,3 +88,19 @@ def test_the_harness_sees_a_missing_image_and_a_script_error(tmp_path):
     assert "boom" in probe["errors"] and any("undefinedFunction" in e for e in probe["errors"])
     assert any("missing.png" in e for e in probe["errors"])
     assert console_lines(stderr)
+
+
+def test_a_comparison_of_two_130_case_runs_opens_with_its_ratios_at_full_size(tmp_path):
+    def run(name: str, factor: float) -> Path:
+        cases = []
+        for i in range(130):
+            record = case(f"case{i}", {"case": i})
+            record["samples"] = {"latency_s": [0.01 * factor * (1 + 0.001 * j) for j in range(8)]}
+            cases.append(record)
+        return write_run(tmp_path / f"{name}.jsonl", cases, run_id=name)
+
+    page = make_report([run("base", 1.0), run("cand", 1.3)], tmp_path / "report" / "ab.html")
+    probe, dom, stderr = open_in_chromium(page, tmp_path / "profile")
+    assert probe["decoded"] == probe["images"] and probe["errors"] == [] and console_lines(stderr) == []
+    width = int(re.search(r'<img src="ab_files/ratios.png" alt="[^"]*" width="(\d+)"', dom).group(1))
+    assert width <= 1150 - 32  # the page's max-width less its padding: the figure is never scaled down
