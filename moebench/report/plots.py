@@ -33,7 +33,8 @@ FIGURES = {  # name: (section title, function, caption under the figure)
               "uniformly at random."),
     "expert_load": ("Expert load", expert_load,
                     "Each row is one case: the number of assignments each expert computed (after capacity), "
-                    "divided by the mean over experts."),
+                    "divided by the mean over experts. A panel too large to read row by row averages the cases "
+                    "that differ only in the axes its title names (capacity factor first)."),
     "peer": ("PEER latency against N", peer,
              "Median latency per step against the number of experts, both axes logarithmic. Dashed: the time to "
              "read the expert rows a step retrieves once at the measured copy bandwidth (a lower bound)."),
