@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.colors import TwoSlopeNorm
+from matplotlib.colors import FuncNorm
 
 from moebench.report.figure_base import Plot, case_label, finished_rows, new_axes, new_figure
 
@@ -47,18 +47,44 @@ def expert_load(df: pd.DataFrame) -> Plot | None:
             # heatmap draws once to test its tick labels for overlap, before they are laid out
             warnings.filterwarnings("ignore", "constrained_layout not applied")
             warnings.filterwarnings("ignore", "The set_bad function", PendingDeprecationWarning)
-            # two slopes: 0 (dead) is full blue and the busiest expert full red, whatever vmax is
-            sns.heatmap(p.grid, ax=ax, cmap="vlag", norm=TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax),
+            sns.heatmap(p.grid, ax=ax, cmap="vlag", norm=load_norm(vmax),
                         xticklabels=int(max(1, E // 16)), yticklabels=True, cbar=False)
         ax.set(title=f"E = {E} experts: {p.title}", xlabel="expert index", ylabel="")
         ax.tick_params(axis="y", labelsize=7, labelrotation=0)
     # one colour scale for every panel, so the same colour means the same imbalance everywhere
-    fig.colorbar(axes[0, 0].collections[0], ax=axes[:, 0].tolist(), label="kept load / mean load",
-                 shrink=min(1.0, 4.0 / fig.get_figheight()), aspect=15)
+    bar = fig.colorbar(axes[0, 0].collections[0], ax=axes[:, 0].tolist(), label="kept load / mean load",
+                       shrink=min(1.0, 4.0 / fig.get_figheight()), aspect=15)
+    bar.set_ticks(_bar_ticks(vmax), labels=[f"{t:g}" for t in _bar_ticks(vmax)])
     fig.suptitle("Expert load after capacity (1 = perfectly balanced, 0 = dead expert)")
     alt = (f"Heatmap of kept load / mean load (colour, 0 to {vmax:.1f}) against expert index (x) and case (rows), "
            "one panel per number of experts E. " + " ".join(f"E = {E}: {p.description}." for E, p in panels.items()))
     return Plot(fig, d, alt=alt)
+
+
+def load_norm(vmax: float) -> FuncNorm:
+    """Colour of load/mean: 0 (dead) to 1 (balanced) linear onto the blue half, 1 to vmax
+    logarithmic onto the red half. Linear above 1, one extreme case (a 30x hot expert) would wash
+    out every 2x imbalance to near white."""
+    log_top = np.log(vmax)
+
+    def forward(x):
+        x = np.asarray(x, dtype=float)
+        return np.where(x <= 1, x / 2, 0.5 + 0.5 * np.log(np.maximum(x, 1)) / log_top)
+
+    def inverse(y):
+        y = np.asarray(y, dtype=float)
+        return np.where(y <= 0.5, 2 * y, np.exp((np.maximum(y, 0.5) - 0.5) * 2 * log_top))
+
+    return FuncNorm((forward, inverse), vmin=0.0, vmax=vmax)
+
+
+def _bar_ticks(vmax: float) -> list[float]:
+    """0, 0.5, 1, then doublings up to vmax: evenly spaced on the log half of load_norm."""
+    ticks, t = [0.0, 0.5, 1.0], 2.0
+    while t <= vmax:
+        ticks.append(t)
+        t *= 2
+    return ticks
 
 
 class _Panel:

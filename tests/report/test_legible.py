@@ -144,3 +144,12 @@ def test_every_figure_has_alt_text_naming_what_is_plotted_and_a_caption(tmp_path
     without = [title for title, alt, caption in sections
                if not alt.strip() or alt == title or " against " not in alt or not caption.strip()]
     assert without == []
+
+
+def test_heatmap_colour_is_logarithmic_above_balance_so_one_hot_expert_does_not_wash_out_the_rest(capacity_run):
+    _, df = load_runs([capacity_run])
+    mesh = plots.expert_load(df).figure.axes[0].collections[0]
+    vmax = mesh.norm.vmax
+    assert vmax > 4  # the busiest expert (zipf, 64 experts, CF 3) holds 4.4x the mean
+    # 0 (dead) and 1 (balanced) at the ends of the blue half; 1..vmax spread by ratio over the red half
+    assert [float(mesh.norm(x)) for x in (0.0, 0.5, 1.0, vmax ** 0.5, vmax)] == pytest.approx([0, 0.25, 0.5, 0.75, 1])
