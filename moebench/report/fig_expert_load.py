@@ -17,8 +17,9 @@ from matplotlib.colors import FuncNorm
 
 from moebench.report.figure_base import Plot, case_label, finished_rows, new_axes, new_figure
 
-MAX_ROWS = 96  # heatmap rows over all panels: ~0.24 in each keeps the figure under ~3000 px at the report's DPI
-MIN_PANEL_ROWS = 8
+MAX_HEIGHT_IN = 36.0  # 2880 px at the report's 80 DPI
+ROW_IN, PANEL_IN = 0.24, 0.9  # a heatmap row (its 7 pt label fits), and a panel's title and axis
+MIN_PANEL_ROWS = 2
 # averaged over first, in this order, when a panel has too many rows: the axes that change how
 # many assignments are kept, not which experts the router favours
 AVERAGE_FIRST = ("capacity_factor", "drop_policy", "expert_capacity_c", "min_capacity", "seed", "tokens", "batch")
@@ -34,11 +35,12 @@ def expert_load(df: pd.DataFrame) -> Plot | None:
         return None
     d["E"] = [len(v) for v in d["loads"]]
     sizes = sorted(d["E"].unique())
-    limit = max(MIN_PANEL_ROWS, MAX_ROWS // len(sizes))
+    rows_that_fit = (MAX_HEIGHT_IN - 1.2 - PANEL_IN * len(sizes)) / ROW_IN
+    limit = max(MIN_PANEL_ROWS, int(rows_that_fit // len(sizes)))
     panels = {E: _panel(d[d["E"] == E], limit) for E in sizes}
     for E, p in panels.items():
         d.loc[d["E"] == E, ROW] = p.row_of_case
-    heights = [0.9 + 0.24 * len(p.grid) for p in panels.values()]
+    heights = [PANEL_IN + ROW_IN * len(p.grid) for p in panels.values()]
     fig = new_figure(11, 1.2 + sum(heights))
     axes = new_axes(fig, len(sizes), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
     vmax = max(2.0, max(max(v) / (sum(v) / len(v)) for v in d["loads"]))
