@@ -8,6 +8,7 @@ name the axes averaged over, and Plot.data keeps every case with the row it went
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -30,7 +31,7 @@ def expert_load(df: pd.DataFrame) -> Plot | None:
     """Kept load per expert divided by the mean load, one heatmap row per case (or per group of
     cases averaged, named in the panel title), one panel per E."""
     d = finished_rows(df)
-    d = d[[isinstance(v, list) and len(v) > 1 and sum(v) > 0 for v in d["loads"]]].copy()
+    d = d[[_drawable(v) for v in d["loads"]]].copy()
     if d.empty:
         return None
     d["E"] = [len(v) for v in d["loads"]]
@@ -61,6 +62,15 @@ def expert_load(df: pd.DataFrame) -> Plot | None:
     alt = (f"Heatmap of kept load / mean load (colour, 0 to {vmax:.1f}) against expert index (x) and case (rows), "
            "one panel per number of experts E. " + " ".join(f"E = {E}: {p.description}." for E, p in panels.items()))
     return Plot(fig, d, alt=alt)
+
+
+def _drawable(loads) -> bool:
+    """A load vector the heatmap can divide by its mean: over one expert, finite counts >= 0, not all 0."""
+    if not isinstance(loads, list) or len(loads) < 2:
+        return False
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in loads):
+        return False
+    return sum(loads) > 0
 
 
 def load_norm(vmax: float) -> FuncNorm:

@@ -153,3 +153,13 @@ def test_heatmap_colour_is_logarithmic_above_balance_so_one_hot_expert_does_not_
     assert vmax > 4  # the busiest expert (zipf, 64 experts, CF 3) holds 4.4x the mean
     # 0 (dead) and 1 (balanced) at the ends of the blue half; 1..vmax spread by ratio over the red half
     assert [float(mesh.norm(x)) for x in (0.0, 0.5, 1.0, vmax ** 0.5, vmax)] == pytest.approx([0, 0.25, 0.5, 0.75, 1])
+
+
+def test_load_vectors_the_heatmap_cannot_divide_by_their_mean_are_left_out_and_the_report_renders(tmp_path):
+    odd = {"null": [1, None, 3], "zeros": [0, 0], "text": "abc", "nan": [float("nan"), 2.0], "negative": [-1, 3]}
+    cases = [case(name, {"variant": name}, loads=loads) for name, loads in odd.items()]
+    cases.append(case("fine", {"variant": "fine"}, loads=[4, 2]))
+    path = write_run(tmp_path / "odd.jsonl", cases, kind="capacity", suite="capacity")
+    _, df = load_runs([path])
+    assert list(plots.expert_load(df).data["case_id"]) == ["fine"]
+    assert "expert_load.png" in make_report([path], tmp_path / "r.html").read_text()
