@@ -23,7 +23,8 @@ FIGURES = {  # name: (section title, function, caption under the figure)
     "throughput": ("Throughput", throughput,
                    "Left: tokens per second at the median latency. Right: the expert FLOP rate (analytic expert "
                    "FLOPs / median latency) against the ceiling measured in the same run: a dense GEMM over the "
-                   "same T·K rows. PEER has no FLOP ceiling (it is memory-bound; see its figure)."),
+                   "same T·K rows. PEER has no FLOP ceiling (it is memory-bound; see its figure). A panel with "
+                   "more cases than fit shows its fastest and says so in its title; the table lists them all."),
     "routing_tax": ("Routing tax over granularity", routing_tax,
                     "Bars: each phase's median time as a share of the summed phase times (measured). Lines: the "
                     "analytic routing FLOP share of this layer, and Krajewski et al.'s routing share of a whole "
@@ -35,7 +36,8 @@ FIGURES = {  # name: (section title, function, caption under the figure)
               "uniformly at random."),
     "expert_load": ("Expert load", expert_load,
                     "Each row is one case: the number of assignments each expert computed (after capacity), "
-                    "divided by the mean over experts."),
+                    "divided by the mean over experts. A panel too large to read row by row averages the cases "
+                    "that differ only in the axes its title names (capacity factor first)."),
     "peer": ("PEER latency against N", peer,
              "Median latency per step against the number of experts, both axes logarithmic. Dashed: the time to "
              "read the expert rows a step retrieves once at the measured copy bandwidth (a lower bound)."),

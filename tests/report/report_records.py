@@ -62,3 +62,42 @@ def mixed_cases() -> list[dict]:
         case("variant=hash", {"variant": "hash"}, status="error",
              error="RuntimeError: <b>boom</b> & more"),
     ]
+
+
+CAPACITY_FACTORS = (0.5, 0.75, 1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
+ROUTINGS = ("uniform", "balanced", "zipf", "khot", "dirichlet")
+
+
+def capacity_cases(capacity_factors=CAPACITY_FACTORS, tokens: int = 512) -> list[dict]:
+    """A capacity-suite-shaped run of 10 CF x E (8, 64) x K (1, 2) x 5 routings x 2 policies = 400
+    cases: each with its kept loads (the routing's load per expert, cut at C = ceil(CF*T*K/E)) and
+    the drop rate those loads give."""
+    import math
+    cases = []
+    for cf in capacity_factors:
+        for E in (8, 64):
+            for K in (1, 2):
+                for routing in ROUTINGS:
+                    for policy in ("position", "probs"):
+                        raw = _routed_loads(routing, E, tokens * K)
+                        cap = math.ceil(cf * tokens * K / E)
+                        kept = [min(x, cap) for x in raw]
+                        params = {"capacity_factor": cf, "n_experts": E, "top_k": K, "routing": routing,
+                                  "drop_policy": policy}
+                        record = case(",".join(f"{k}={v}" for k, v in params.items()), params, tokens=tokens,
+                                      spec={"capacity_factor": cf, "n_experts": E, "top_k": K, "drop_policy": policy,
+                                            "backend": "padded"},
+                                      metrics={"drop_rate": 1 - sum(kept) / (tokens * K)}, loads=kept)
+                        record["workload"]["routing"] = routing
+                        cases.append(record)
+    return cases
+
+
+def _routed_loads(routing: str, E: int, assignments: int) -> list[int]:
+    """Assignments per expert a routing distribution gives (shaped like the suite's, not sampled)."""
+    weight = {"uniform": lambda i: 1.0, "balanced": lambda i: 1.0, "zipf": lambda i: 1.0 / (i + 1),
+              "khot": lambda i: 4.0 if i < 2 else 1.0, "dirichlet": lambda i: 1.0 + (i * 7919 % 13) / 6}[routing]
+    w = [weight(i) for i in range(E)]
+    loads = [int(assignments * x / sum(w)) for x in w]
+    loads[0] += assignments - sum(loads)
+    return loads
