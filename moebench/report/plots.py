@@ -10,12 +10,14 @@ from moebench.report.fig_drops import drops, uniform_reference
 from moebench.report.fig_expert_load import expert_load
 from moebench.report.fig_memory import MEMORY_QUANTITIES, memory
 from moebench.report.fig_peer import peer
+from moebench.report.fig_roofline import roofline
 from moebench.report.fig_routing_tax import routing_crossover, routing_tax
 from moebench.report.fig_throughput import throughput
 from moebench.report.figure_base import Plot, case_label
 
 __all__ = ["FIGURES", "FIGURES_BY_KIND", "MEMORY_QUANTITIES", "Plot", "case_label", "drops", "expert_load",
            "figures_for", "memory", "peer", "routing_crossover", "routing_tax", "throughput", "uniform_reference"]
+__all__ += ["roofline"]
 
 FIGURES = {  # name: (section title, function, caption under the figure)
     "throughput": ("Throughput", throughput,
@@ -40,6 +42,13 @@ FIGURES = {  # name: (section title, function, caption under the figure)
     "memory": ("Memory", memory,
                "Measured bytes (peak allocated during a step above what was live before it; the module's weights) "
                "beside analytic byte counts. Bytes moved is traffic per step, not memory held at once."),
+    "roofline": ("Roofline", roofline,
+                 "Each forward case placed by arithmetic intensity (analytic FLOPs / analytic bytes one forward "
+                 "moves, accounting.py) against achieved FLOP/s (analytic FLOPs / median latency), log-log. One "
+                 "panel per run and dtype, under that panel's own ceilings: the roof is the highest dense-GEMM rate "
+                 "measured for its cases (PEER has none: its panel shows the bandwidth line only), the dashed line "
+                 "the measured copy bandwidth times intensity. Training steps are left out: their FLOPs count the "
+                 "backward, the bytes a forward only."),
 }
 # "mixed" (quick) and unknown kinds get every figure their data supports.
 FIGURES_BY_KIND = {
@@ -53,6 +62,10 @@ FIGURES_BY_KIND = {
     "lifelong": ("throughput", "memory"),
     "ci": ("throughput",),
 }
+# the roofline for the kinds whose suites measure FLOPs, bytes and both ceilings (ci and memory measure no
+# ceiling; lifelong runs training steps only, whose FLOPs and bytes describe different work)
+for _kind in ("throughput", "granularity", "models", "routers", "peer"):
+    FIGURES_BY_KIND[_kind] += ("roofline",)
 
 
 def figures_for(kinds) -> list[str]:
