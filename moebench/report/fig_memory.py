@@ -38,7 +38,7 @@ def memory(df: pd.DataFrame) -> Plot | None:
     d = d[column(d, "peak_bytes") > 0].copy()
     if d.empty:
         return None
-    d["case"] = [f"{case_label(p)} [{mathtext_escaped(m)}]"
+    d["case"] = [f"{case_label(p, ('mode',))} [{mathtext_escaped(m)}]"
                  for p, m in zip(d["case_params"], text_column(d, "workload.mode"), strict=True)]
     forward = text_column(d, "workload.mode").isin(["forward", "?"])
     for key in MEMORY_QUANTITIES:
@@ -47,7 +47,7 @@ def memory(df: pd.DataFrame) -> Plot | None:
     order = list(dict.fromkeys(d["case"]))
     run_names = list(dict.fromkeys(d["run label"]))
     colors = dict(zip(MEMORY_QUANTITIES, sns.color_palette("Paired", 4)[1:], strict=False))
-    fig = new_figure(7.5 + 5.5 * (len(run_names) - 1), 2.4 + 0.42 * len(order))
+    fig = new_figure(10 + 6 * (len(run_names) - 1), 2.4 + 0.42 * len(order))
     axes = new_axes(fig, 1, 2 * len(run_names), squeeze=False, sharey=True,
                     gridspec_kw={"width_ratios": [2.2, 1] * len(run_names)})[0]
     act_log = spans_decades(pd.concat([d[f"{k} MiB"] for k in ACTIVATIONS]))
@@ -88,10 +88,11 @@ def _mark_missing_bounds(ax, rows: pd.DataFrame) -> None:
                                                 rows["predicted_activation_bytes_upper MiB"],
                                                 rows["peak_bytes MiB"], strict=True)):
         if pd.notna(peak) and not bound > 0:
-            why = f"no analytic bound ({mode}: it describes a forward)" if mode not in ("forward", "?") \
-                else "no analytic bound recorded"
-            ax.annotate(why, (peak, y + BAR / 2), xytext=(4, 0), textcoords="offset points", va="center",
-                        fontsize=6, color="0.35")
+            why = f"no bound: {mode}" if mode not in ("forward", "?") else "no bound recorded"
+            # in the bound's slot, from the panel's left edge: visible whatever the scale
+            note = ax.annotate(why, (0.01, y + BAR / 2), xycoords=("axes fraction", "data"), va="center",
+                               fontsize=6, color="0.35", clip_on=True)
+            note.set_in_layout(False)  # a note never squeezes the panels
 
 
 def _alt(d: pd.DataFrame, order: list[str], run_names: list[str]) -> str:

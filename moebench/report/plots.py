@@ -37,18 +37,25 @@ FIGURES = {  # name: (section title, function, caption under the figure)
                     "Each row is one case: the number of assignments each expert computed (after capacity), "
                     "divided by the mean over experts."),
     "peer": ("PEER latency against N", peer,
-             "Median latency per step against the number of experts, both axes logarithmic. Dashed: the time to "
-             "read the expert rows a step retrieves once at the measured copy bandwidth (a lower bound)."),
+             "Median latency per step against the number of experts, both axes logarithmic, one colour per "
+             "configuration (retrieval, heads H, top-k k, width D). Each configuration's floor, in its colour: "
+             "the time to read the expert rows its step retrieves once at the measured copy bandwidth (a lower "
+             "bound; it depends on T, H, k and D, not on N). Left: configurations measured at several N (dashed: "
+             "their floors); right: those measured at one N, beside the sweep's points there (bar: the floor)."),
     "memory": ("Memory", memory,
-               "Measured bytes (peak allocated during a step above what was live before it; the module's weights) "
-               "beside analytic byte counts. Bytes moved is traffic per step, not memory held at once."),
+               "Left: the measured peak (allocated during a step above what was live before it, so weights are "
+               "excluded) beside the analytic upper bound on a forward's activations (every intermediate alive at "
+               "once, accounting.layer_activation_bytes); training steps have no bound drawn: their peak also holds "
+               "gradients and optimizer state. Right: the module's weights, apart. Bytes moved per step is traffic, "
+               "not memory held: it is in the roofline."),
     "roofline": ("Roofline", roofline,
                  "Each forward case placed by arithmetic intensity (analytic FLOPs / analytic bytes one forward "
                  "moves, accounting.py) against achieved FLOP/s (analytic FLOPs / median latency), log-log. One "
                  "panel per run and dtype, under that panel's own ceilings: the roof is the highest dense-GEMM rate "
                  "measured for its cases (PEER has none: its panel shows the bandwidth line only), the dashed line "
                  "the measured copy bandwidth times intensity. Training steps are left out: their FLOPs count the "
-                 "backward, the bytes a forward only."),
+                 "backward, the bytes a forward only. A point above the dashed line moved fewer bytes than counted "
+                 "(the count assumes no cache reuse, e.g. PEER rows of a small table)."),
 }
 # "mixed" (quick) and unknown kinds get every figure their data supports.
 FIGURES_BY_KIND = {

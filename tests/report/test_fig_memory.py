@@ -56,5 +56,5 @@ def test_no_traffic_quantity_is_drawn(memory_plot):
 
 def test_a_training_step_row_says_why_it_has_no_bound(memory_plot):
     notes = [t.get_text() for t in memory_plot.figure.axes[0].texts]
-    assert notes == ["no analytic bound (train_step: it describes a forward)"]
+    assert notes == ["no bound: train_step"]
     assert "1 of 2 cases have one" in memory_plot.alt
