@@ -18,6 +18,7 @@ from moebench.report.figure_base import (
     text_column,
 )
 
+RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 FLOOR_LABEL = "bandwidth floor: expert rows read / copy bandwidth"
 
 
@@ -39,17 +40,21 @@ def peer(df: pd.DataFrame) -> Plot | None:
     d["N experts"] = column(d, "spec.peer_experts")
     d["latency (s)"] = column(d, "latency_s")
     d["floor (s)"] = column(d, "floor_s").fillna(column(d, "bandwidth_floor_s"))
-    d["configuration"] = _configurations(d)
+    d["shape"] = _configurations(d, with_run=False)
+    d["configuration"] = _configurations(d, with_run=has_several_runs(d))
     n_values = d.groupby("configuration")["N experts"].nunique()
     sweeps = [c for c in dict.fromkeys(d["configuration"]) if n_values[c] > 1]
     single = [c for c in dict.fromkeys(d["configuration"]) if n_values[c] == 1]
-    colors = dict(zip(list(dict.fromkeys(d["configuration"])),
-                      sns.color_palette("tab10" if d["configuration"].nunique() <= 10 else "husl",
-                                        n_colors=d["configuration"].nunique()), strict=True))
+    # the colour names the configuration, the marker the run: one run's configuration keeps its colour in another
+    shapes = list(dict.fromkeys(d["shape"]))
+    palette = sns.color_palette("tab10" if len(shapes) <= 10 else "husl", n_colors=len(shapes))
+    colors = {c: palette[shapes.index(s)] for c, s in zip(d["configuration"], d["shape"], strict=True)}
+    markers = dict(zip(dict.fromkeys(d["run"]), RUN_MARKERS * len(RUN_MARKERS), strict=False))
+    d["marker"] = d["run"].map(markers)
     rows = _single_n_rows(d, sweeps, single)
     panels = [p for p in ("sweep", "single") if (p == "sweep" and sweeps) or (p == "single" and single)]
     widths = [1.5 if p == "sweep" else 1.0 for p in panels]
-    fig = new_figure(6.5 + 4.5 * (len(panels) - 1), 4.2 + (0.22 * len(rows) if single else 0))
+    fig = new_figure(6.5 + 6 * (len(panels) - 1), 4.2 + (0.22 * len(rows) if single else 0))
     axes = new_axes(fig, 1, len(panels), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
     for ax, panel in zip(axes, panels, strict=True):
         if panel == "sweep":
@@ -60,7 +65,7 @@ def peer(df: pd.DataFrame) -> Plot | None:
     return Plot(fig, d, alt=_alt(d, sweeps, single, rows))
 
 
-def _configurations(d: pd.DataFrame) -> list[str]:
+def _configurations(d: pd.DataFrame, with_run: bool) -> list[str]:
     """What sets a PEER step's work besides N: retrieval, heads, top-k, width, and the run, dtype and
     token count where these differ between the cases drawn."""
     parts = [text_column(d, "spec.peer_retrieval"),
@@ -69,7 +74,7 @@ def _configurations(d: pd.DataFrame) -> list[str]:
     for col, name in (("spec.dtype", ""), ("workload.tokens", "T="), ("workload.mode", "")):
         if col in d and d[col].nunique() > 1:
             parts.append(name + text_column(d, col))
-    if has_several_runs(d):
+    if with_run:
         parts.insert(0, d["run"].astype(str) + ":")
     return [mathtext_escaped(", ".join(p).replace(":,", ":")) for p in zip(*parts, strict=True)]
 
@@ -79,7 +84,7 @@ def _draw_sweeps(ax, d: pd.DataFrame, sweeps: list[str], colors: dict) -> None:
     through its own floors."""
     for config in sweeps:
         g = d[d["configuration"] == config].sort_values("N experts")
-        ax.plot(g["N experts"], g["latency (s)"], color=colors[config], marker="o", ms=6, label=config,
+        ax.plot(g["N experts"], g["latency (s)"], color=colors[config], marker=g["marker"].iloc[0], ms=6, label=config,
                 gid="latency")
         floor = g.dropna(subset=["floor (s)"])
         if not floor.empty:
@@ -112,15 +117,14 @@ def _draw_single_n(ax, rows: pd.DataFrame, colors: dict) -> None:
     ys = range(len(rows))
     for y, (_, r) in zip(ys, rows.iterrows(), strict=True):
         color = colors[r["configuration"]]
-        ax.plot([r["latency (s)"]], [y], ls="none", marker="o", ms=7, color=color, gid="latency")
+        ax.plot([r["latency (s)"]], [y], ls="none", marker=r["marker"], ms=7, color=color, gid="latency")
         if pd.notna(r["floor (s)"]):
             ax.plot([r["floor (s)"]], [y], ls="none", marker="|", ms=14, mew=2.2, color=color,
                     gid=f"floor: {r['configuration']}")
             ax.plot([r["floor (s)"], r["latency (s)"]], [y, y], color=color, lw=0.8, alpha=0.5)
     ax.set_yticks(list(ys), list(rows["row"]), fontsize=7)
     ax.invert_yaxis()
-    ax.set(xscale="log", xlabel="median latency per step, s (log)",
-           title="one N each (dot: latency; bar: its floor)")
+    ax.set(xscale="log", xlabel="median latency (dot), its floor (bar); s, log", title="one N each")
     log_ticks(ax.xaxis, [*rows["latency (s)"], *rows["floor (s)"]])
 
 
