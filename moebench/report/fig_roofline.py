@@ -47,7 +47,7 @@ def roofline_cases(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
                                     column(d, "bandwidth_floor_s") * column(d, "copy_bandwidth_bytes_per_s"))
     flops = column(d, "flops")
     achieved = column(d, "flops_per_s").where(column(d, "flops_per_s") > 0, flops / column(d, "latency_s"))
-    placeable = (flops > 0) & (bytes_moved > 0) & (achieved > 0)
+    placeable = (flops > 0) & (bytes_moved > 0) & (achieved > 0) & np.isfinite(flops / bytes_moved * achieved)
     if (~placeable).any():
         left_out["cases without analytic FLOPs, bytes or a latency"] = int((~placeable).sum())
     d["intensity"] = flops / bytes_moved
@@ -137,6 +137,10 @@ def _draw_panel(ax, g: pd.DataFrame, title: str, colors: dict, markers: dict) ->
             ax.annotate(p["point label"], (p["intensity"], p["GFLOP/s"]), xytext=(4, 3),
                         textcoords="offset points", fontsize=6, color="0.3")
     values = [*g["GFLOP/s"], *([roof / 1e9] if roof > 0 else [])]
+    missing = [name for name, value in (("FLOP roof", roof), ("copy bandwidth", bandwidth)) if not value > 0]
+    if missing:  # say so on the panel, rather than leave a reader looking for a line
+        title += "\nno " + " or ".join(missing) + " measured" + (" (PEER has no GEMM)" if "FLOP roof" in missing
+                                                                 and g["series"].str.startswith("peer").all() else "")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity, FLOP/byte (analytic, log)",
            ylabel="achieved GFLOP/s (analytic FLOPs / median latency, log)", title=title,
            xlim=(lo, hi), ylim=(min(values) / 2, max(values) * 2))
@@ -161,7 +165,7 @@ def _alt(d: pd.DataFrame, panels: list[str], left_out: dict[str, int]) -> str:
     text = (f"Roofline: achieved FLOP/s against arithmetic intensity (analytic FLOPs per analytic byte), log-log, "
             f"{len(d)} forward cases in {len(panels)} panel{'s' if len(panels) > 1 else ''} "
             f"({'; '.join(panels)}), coloured by variant ({', '.join(series)}), each panel under its own "
-            "measured dense-GEMM roof and copy-bandwidth line.")
+            "measured dense-GEMM roof and copy-bandwidth line where measured.")
     if left_out:
         text += " Left out: " + "; ".join(f"{n} {why}" for why, n in left_out.items()) + "."
     return text

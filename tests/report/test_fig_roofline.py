@@ -81,7 +81,7 @@ def test_training_steps_are_left_out_and_counted(plot):
 def test_peer_has_no_roof_and_bytes_come_from_the_floor_when_memory_was_not_measured(tmp_path):
     peer = _case("p", "float32", 1e9, None, 0.01, None, 2e10, variant="peer", bandwidth_floor_s=0.05)
     _, df = load_runs([write_run(tmp_path / "peer.jsonl", [peer], kind="peer", suite="peer")])
-    ax = _panels(plots.roofline(df))["peer, float32"]
+    ax = _panels(plots.roofline(df))["peer, float32\nno FLOP roof measured (PEER has no GEMM)"]
     assert _line(ax, "roof") is None  # a PEER step has no GEMM ceiling to stand under
     assert _points(ax) == [pytest.approx((1e9 / (0.05 * 2e10), 100))]  # bytes = floor x bandwidth = 1e9
     x = np.asarray(_line(ax, "bandwidth").get_xdata())
