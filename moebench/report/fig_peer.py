@@ -137,4 +137,5 @@ def _alt(d: pd.DataFrame, sweeps: list[str], single: list[str], rows: pd.DataFra
     if single:
         ns = ", ".join(str(int(n)) for n in sorted(set(rows["N experts"])))
         parts.append(f"median latency of {len(rows)} configurations at N = {ns}, each beside its own floor")
-    return "PEER: " + "; and ".join(parts) + f". {len(d)} cases."
+    text = "PEER: " + "; and ".join(parts) + f". {len(d)} cases."
+    return text.replace("\\$", "$")  # alt text is HTML, not matplotlib: "$" needs no escape there

@@ -168,4 +168,4 @@ def _alt(d: pd.DataFrame, panels: list[str], left_out: dict[str, int]) -> str:
             "measured dense-GEMM roof and copy-bandwidth line where measured.")
     if left_out:
         text += " Left out: " + "; ".join(f"{n} {why}" for why, n in left_out.items()) + "."
-    return text
+    return text.replace("\\$", "$")  # alt text is HTML, not matplotlib: "$" needs no escape there

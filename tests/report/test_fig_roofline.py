@@ -93,3 +93,10 @@ def test_the_roofline_is_drawn_for_the_kinds_that_measure_its_ceilings():
         assert "roofline" in plots.figures_for([kind]), kind
     for kind in ("ci", "memory", "lifelong", "capacity"):
         assert "roofline" not in plots.figures_for([kind]), kind
+
+
+def test_alt_text_keeps_a_dollar_sign_as_written(tmp_path):
+    odd = _case("o", "float32", 1e9, 1e8, 0.1, 1e11, 4e10, variant="$x$")
+    _, df = load_runs([write_run(tmp_path / "odd.jsonl", [odd])])
+    plot = plots.roofline(df)
+    assert "($x$)" in plot.alt and "\\$" not in plot.alt
