@@ -11,13 +11,14 @@ from moebench.report.fig_expert_load import expert_load
 from moebench.report.fig_memory import MEMORY_QUANTITIES, memory
 from moebench.report.fig_peer import peer
 from moebench.report.fig_ratios import ratios
+from moebench.report.fig_roofline import roofline
 from moebench.report.fig_routing_tax import routing_crossover, routing_tax
 from moebench.report.fig_throughput import throughput
 from moebench.report.figure_base import Plot, case_label
 
 __all__ = ["FIGURES", "FIGURES_BY_KIND", "MEMORY_QUANTITIES", "Plot", "case_label", "drops", "expert_load",
-           "figures_for", "memory", "peer", "routing_crossover", "routing_tax", "throughput", "uniform_reference",
-           "ratios"]
+           "figures_for", "memory", "peer", "ratios", "roofline", "routing_crossover", "routing_tax", "throughput",
+           "uniform_reference"]
 
 FIGURES = {  # name: (section title, function, caption under the figure)
     "throughput": ("Throughput", throughput,
@@ -39,11 +40,25 @@ FIGURES = {  # name: (section title, function, caption under the figure)
                     "divided by the mean over experts. A panel too large to read row by row averages the cases "
                     "that differ only in the axes its title names (capacity factor first)."),
     "peer": ("PEER latency against N", peer,
-             "Median latency per step against the number of experts, both axes logarithmic. Dashed: the time to "
-             "read the expert rows a step retrieves once at the measured copy bandwidth (a lower bound)."),
+             "Median latency per step against the number of experts, both axes logarithmic, one colour per "
+             "configuration (retrieval, heads H, top-k k, width D). Each configuration's floor, in its colour: "
+             "the time to read the expert rows its step retrieves once at the measured copy bandwidth (a lower "
+             "bound; it depends on T, H, k and D, not on N). Left: configurations measured at several N (dashed: "
+             "their floors); right: those measured at one N, beside the sweep's points there (bar: the floor)."),
     "memory": ("Memory", memory,
-               "Measured bytes (peak allocated during a step above what was live before it; the module's weights) "
-               "beside analytic byte counts. Bytes moved is traffic per step, not memory held at once."),
+               "Left: the measured peak (allocated during a step above what was live before it, so weights are "
+               "excluded) beside the analytic upper bound on a forward's activations (every intermediate alive at "
+               "once, accounting.layer_activation_bytes); training steps have no bound drawn: their peak also holds "
+               "gradients and optimizer state. Right: the module's weights, apart. Bytes moved per step is traffic, "
+               "not memory held: it is in the roofline."),
+    "roofline": ("Roofline", roofline,
+                 "Each forward case placed by arithmetic intensity (analytic FLOPs / analytic bytes one forward "
+                 "moves, accounting.py) against achieved FLOP/s (analytic FLOPs / median latency), log-log. One "
+                 "panel per run and dtype, under that panel's own ceilings: the roof is the highest dense-GEMM rate "
+                 "measured for its cases (PEER has none: its panel shows the bandwidth line only), the dashed line "
+                 "the measured copy bandwidth times intensity. Training steps are left out: their FLOPs count the "
+                 "backward, the bytes a forward only. A point above the dashed line moved fewer bytes than counted "
+                 "(the count assumes no cache reuse, e.g. PEER rows of a small table)."),
     "ratios": ("Ratios against the baseline run", ratios,
                "Only with two or more runs. Each point: a case's median time per step in another run divided by "
                "its median in the first run given (the baseline), on a log axis; bar: the 95% bootstrap CI of "
@@ -52,15 +67,17 @@ FIGURES = {  # name: (section title, function, caption under the figure)
                "case id as compare pairs them; runs on different devices are compared on wall latency. Largest "
                "ratio first, at most 60 cases a panel."),
 }
-# "mixed" (quick) and unknown kinds get every figure their data supports.
+# "mixed" (quick) and unknown kinds get every figure their data supports. The roofline goes with the kinds
+# whose suites measure FLOPs, bytes and both ceilings (ci and memory measure no ceiling; lifelong runs training
+# steps only, whose FLOPs and bytes describe different work).
 FIGURES_BY_KIND = {
-    "throughput": ("throughput",),
+    "throughput": ("throughput", "roofline"),
     "memory": ("memory",),
-    "granularity": ("routing_tax", "throughput"),
+    "granularity": ("routing_tax", "throughput", "roofline"),
     "capacity": ("drops", "expert_load"),
-    "peer": ("peer", "memory"),
-    "models": ("throughput", "expert_load", "memory"),
-    "routers": ("throughput", "drops", "expert_load"),
+    "peer": ("peer", "memory", "roofline"),
+    "models": ("throughput", "expert_load", "memory", "roofline"),
+    "routers": ("throughput", "drops", "expert_load", "roofline"),
     "lifelong": ("throughput", "memory"),
     "ci": ("throughput",),
 }

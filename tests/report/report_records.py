@@ -20,6 +20,7 @@ def case(case_id: str, params: dict, *, spec: dict | None = None, metrics: dict 
     base_metrics = {"latency_s": 0.01, "tokens_per_s": tokens / 0.01, "frac_of_ceiling": 0.5,
                     "ceiling_flops_per_s": 2e10, "peak_bytes": 2**20, "weight_bytes": 2**19,
                     "predicted_bytes_moved": 2**22, "predicted_dispatch_bytes": 2**18}
+    base_metrics |= {"flops": 1e8, "copy_bandwidth_bytes_per_s": 4e10}  # the roofline's FLOPs and bandwidth
     record = {"type": "case", "case_id": case_id, "params": params, "status": status, "error": error,
               "spec": {**base_spec, **(spec or {})},
               "workload": {"tokens": tokens, "batch": 1, "mode": "forward", "routing": "router"},
