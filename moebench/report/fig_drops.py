@@ -111,7 +111,7 @@ def drops(df: pd.DataFrame) -> Plot | None:
         axes[2 * block + 1, col].set_visible(False)
     fig.legend(handles=_legend_handles(d, colors, markers), loc="outside right upper", fontsize=8, frameon=False,
                handlelength=3.2)
-    fig.suptitle("Drops against capacity factor (C = ceil(CF·T·K/E)): the count, and the routing weight it carried")
+    fig.suptitle("Drops against capacity factor, C = ceil(CF·T·K/E)")
     return Plot(fig, d, alt=_alt_text(d, facets, routings, runs))
 
 

@@ -87,8 +87,8 @@ class RoutingStats:
         """Dropped routing-weight mass: sum of w_a over refused assignments / sum of w_a over all of them.
 
         drop_rate counts refusals; this weighs each by the combine weight it would have had, so a policy
-        that refuses the least important assignments (`probs`) scores lower at the same count. 0 when
-        nothing carries weight (an empty routing).
+        that refuses lighter assignments scores lower at the same count (docs/formulas.md#capacity-and-drops:
+        `probs` does when it ranks by the combine weight). 0 when nothing carries weight (an empty routing).
         """
         total = self.weight_total.item()
         return self.weight_dropped.item() / total if total > 0 else 0.0

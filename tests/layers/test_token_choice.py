@@ -171,12 +171,15 @@ def test_collect_stats_off_keeps_aux_losses_for_training():
     assert set(layer.aux_losses) == {"z_loss", "load_balance"} and layer.aux_loss().requires_grad
 
 
-def test_probs_policy_drops_less_routing_weight_than_position_at_equal_count():
-    """Both policies refuse max(0, load - C) assignments per expert; `probs` refuses the lightest ones."""
+@pytest.mark.parametrize("fields", [{"renormalize": False}, {"score_func": "sigmoid", "renormalize": False},
+                                    {"variant": "gshard"}])
+def test_probs_policy_drops_less_routing_weight_than_position_at_equal_count(fields):
+    """Both policies refuse max(0, load - C) assignments per expert; where `probs` ranks by the combine
+    weight itself (no renormalisation after top-K, or GShard's gates) it refuses the lightest ones."""
     x_TD = torch.randn(64, 12, generator=torch.Generator().manual_seed(3)).abs()
     summaries = {}
     for policy in ("position", "probs"):
-        layer = make(6, top_k=2, capacity_factor=1.0, drop_policy=policy, n_experts=4)
+        layer = make(6, top_k=2, capacity_factor=1.0, drop_policy=policy, n_experts=4, **fields)
         with torch.no_grad():
             layer.router.w_gate_ED[0] += 0.1 * layer.router.w_gate_ED[1:].abs().sum(0)  # skew toward expert 0
         layer.eval()(x_TD)

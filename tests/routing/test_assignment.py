@@ -31,6 +31,27 @@ def test_dropped_weight_frac_matches_hand_count(policy, dropped_mass):
     assert summary["dropped_weight_frac"] == pytest.approx(dropped_mass / 4.0, rel=1e-6)
 
 
+def test_probs_ranks_by_the_score_before_renormalisation_so_it_can_drop_more_weight():
+    # Token choice with K = 2 ranks `probs` by the router's score over all E, but combines with the
+    # weights renormalised over each token's pair. One expert (0), capacity 1, two tokens want it:
+    #   token 0: expert 0 is its first choice, score 0.30 of a pair (0.30, 0.25) -> weight 0.545
+    #   token 1: expert 0 is its second choice, score 0.35 of a pair (0.60, 0.35) -> weight 0.368
+    # position serves first choices first and refuses token 1's (0.368); probs keeps the higher score
+    # (token 1's 0.35) and refuses token 0's first choice (0.545): more weight lost at the same count.
+    score_TK = torch.tensor([[0.30, 0.25], [0.60, 0.35]])
+    weight_TK = score_TK / score_TK.sum(-1, keepdim=True)
+    idx_TK = torch.tensor([[0, 1], [2, 0]])
+    frac, priority_A = {}, token_choice_priority(2, 2, torch.device("cpu"))
+    for policy in ("position", "probs"):
+        routing = apply_capacity(Routing.from_top_k(idx_TK, weight_TK, n_experts=3), 1, policy,
+                                 score_A=score_TK.reshape(-1), priority_A=priority_A)
+        summary = RoutingStats.from_routing(routing).summary()
+        assert summary["drop_rate"] == 1 / 4
+        frac[policy] = summary["dropped_weight_frac"]
+    assert frac["position"] == pytest.approx((0.35 / 0.95) / 2.0, rel=1e-6)
+    assert frac["probs"] == pytest.approx((0.30 / 0.55) / 2.0, rel=1e-6)
+
+
 def test_assignments_refused_before_capacity_count_with_their_weight():
     # a GShard-style random refusal (kept False from the start) is a dropped assignment with its weight
     routing = Routing.from_top_k(torch.tensor([[0, 1], [1, 0]]), torch.tensor([[0.75, 0.25], [0.5, 0.5]]), 2)
