@@ -153,12 +153,12 @@ def _alt_text(d: pd.DataFrame, facets: list[str], routings: list[str], runs: lis
     text = (f"Line charts against capacity factor, {len(facets)} facet(s) ({'; '.join(facets)}), each with two "
             f"panels: the fraction of (token, expert) assignments dropped, with the binomial expectation under "
             f"uniform routing, and the fraction of routing weight those assignments carried. One line per "
-            f"routing distribution ({', '.join(routings)}) and drop policy ({', '.join(policies)}: "
-            f"{' and '.join(_style_name(p) for p in policies)})")
+            f"routing distribution (colour: {', '.join(routings)}) and drop policy "
+            f"({', '.join(_style_name(p) for p in policies)})")
     if len(runs) > 1:
         text += f", one marker per run ({', '.join(runs)})"
     return text.replace("\n", " ").replace("\\$", "$") + "."
 
 
 def _style_name(policy: str) -> str:
-    return {"position": "solid", "probs": "dashed"}.get(policy, "dash-dotted") + f" for {policy}"
+    return {"position": "solid", "probs": "dashed"}.get(policy, "dash-dotted") + f": {policy}"

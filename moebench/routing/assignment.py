@@ -75,7 +75,7 @@ class RoutingStats:
             kept_load_E=kept_load_E,
             assignments_dropped=(~routing.kept_A).sum(),
             tokens_unrouted=T - routed_T.sum(),
-            weight_dropped=weight_A[~routing.kept_A].sum(),
+            weight_dropped=torch.where(routing.kept_A, 0.0, weight_A).sum(),  # no boolean index: no host sync
             weight_total=weight_A.sum(),
             n_tokens=T,
             n_assignments=routing.n_assignments,

@@ -76,6 +76,19 @@ def test_binomial_reference_is_drawn_per_facet_on_the_count_row_only(tmp_path):
     assert one.get_ydata()[10] != pytest.approx(two.get_ydata()[10])
 
 
+def test_two_runs_are_told_apart_by_marker_and_named_in_the_alt_text(tmp_path):
+    base = write_run(tmp_path / "base.jsonl", [capacity_case(1.0, "probs", "zipf", drop=0.3, mass=0.2)],
+                     kind="capacity", suite="capacity")
+    cand = write_run(tmp_path / "cand.jsonl", [capacity_case(1.0, "probs", "zipf", drop=0.3, mass=0.1)],
+                     kind="capacity", suite="capacity")
+    plot = drops(load_runs([base, cand])[1])
+    mass = lines_by_id(panel(plot, FACET, "dropped weight"))
+    one, two = mass[line_id("zipf", "probs", "base")], mass[line_id("zipf", "probs", "cand")]
+    assert list(one.get_ydata()) == [0.2] and list(two.get_ydata()) == [0.1]
+    assert one.get_marker() != two.get_marker()
+    assert "one marker per run (base, cand)" in plot.alt
+
+
 def test_results_without_the_mass_still_draw_the_count_and_say_so(tmp_path):
     plot = drops(frame(tmp_path, [capacity_case(1.0, "position", "zipf", drop=0.3, mass=None)]))
     mass_ax = panel(plot, FACET, "dropped weight")
@@ -95,7 +108,7 @@ def test_every_facet_of_a_large_suite_is_drawn_and_the_alt_text_names_them(tmp_p
         for value in ("drop rate", "dropped weight"):
             assert len([g for g in lines_by_id(panel(plot, facet, value)) if g != "binomial reference"]) == 10
     assert "4 facet(s)" in plot.alt and all(f in plot.alt for f in facets)
-    assert "dashed for probs" in plot.alt and "solid for position" in plot.alt
+    assert "dashed: probs" in plot.alt and "solid: position" in plot.alt
     width_px = plot.figure.get_figwidth() * 80
     assert width_px <= 1.3 * 1150  # shown at most ~1.3x reduced on the 1150 px page: text stays legible
 
