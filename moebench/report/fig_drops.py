@@ -67,9 +67,13 @@ def _drop_rows(df: pd.DataFrame) -> pd.DataFrame:
     d["T"] = column(d, "workload.tokens").fillna(0).astype(int) * column(d, "workload.batch").fillna(1).astype(int)
     d["variant"] = text_column(d, "spec.variant")
     d["E"], d["K"] = column(d, "spec.n_experts").fillna(0).astype(int), column(d, "spec.top_k").fillna(0).astype(int)
-    d["facet"] = [mathtext_escaped(f"{v}, E={e}, K={k}, T={t}") for v, e, k, t in
+    d["facet"] = [mathtext_escaped(f"{v}, E={_known(e)}, K={_known(k)}, T={_known(t)}") for v, e, k, t in
                   zip(d["variant"], d["E"], d["K"], d["T"], strict=True)]
     return d
+
+
+def _known(n: int) -> str:
+    return str(n) if n > 0 else "?"  # 0 stands for a field the record lacks
 
 
 def drops(df: pd.DataFrame) -> Plot | None:
@@ -105,6 +109,8 @@ def drops(df: pd.DataFrame) -> Plot | None:
             ax.set_title(facet if row == 0 else "", fontsize=9)
             ax.set_ylabel(label if col == 0 else "")
             ax.set_xlabel("capacity factor CF" if row == 1 else "")
+            if row == 1:
+                ax.tick_params(labelbottom=True)  # sharex hides them on every row but the last
     for i in range(len(facets), blocks * ncols):
         block, col = divmod(i, ncols)
         axes[2 * block, col].set_visible(False)
