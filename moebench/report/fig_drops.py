@@ -67,8 +67,11 @@ def _drop_rows(df: pd.DataFrame) -> pd.DataFrame:
     d["T"] = column(d, "workload.tokens").fillna(0).astype(int) * column(d, "workload.batch").fillna(1).astype(int)
     d["variant"] = text_column(d, "spec.variant")
     d["E"], d["K"] = column(d, "spec.n_experts").fillna(0).astype(int), column(d, "spec.top_k").fillna(0).astype(int)
-    d["facet"] = [mathtext_escaped(f"{v}, E={_known(e)}, K={_known(k)}, T={_known(t)}") for v, e, k, t in
-                  zip(d["variant"], d["E"], d["K"], d["T"], strict=True)]
+    d["min C"] = column(d, "spec.min_capacity").fillna(0).astype(int)
+    # min_capacity is part of the facet: the binomial reference depends on it
+    d["facet"] = [mathtext_escaped(f"{v}, E={_known(e)}, K={_known(k)}, T={_known(t)}"
+                                   + (f", min C={c}" if c else "")) for v, e, k, t, c in
+                  zip(d["variant"], d["E"], d["K"], d["T"], d["min C"], strict=True)]
     return d
 
 
@@ -84,7 +87,7 @@ def drops(df: pd.DataFrame) -> Plot | None:
     if d.empty:
         return None
     # numeric order (E=8 before E=64), not the order of the facet titles as text
-    order = d.sort_values(["variant", "E", "K", "T"])
+    order = d.sort_values(["variant", "E", "K", "T", "min C"])
     facets = list(dict.fromkeys(order["facet"]))
     ncols = min(len(facets), FACETS_PER_ROW)
     blocks = math.ceil(len(facets) / ncols)
@@ -132,14 +135,13 @@ def _draw_series(ax, g: pd.DataFrame, value: str, colors: dict, markers: dict) -
 
 
 def _draw_reference(ax, g: pd.DataFrame) -> None:
-    """The binomial expectation for this facet's (T, E, K, min_capacity): true for every series in it."""
+    """The binomial expectation for this facet's (T, E, K, min_capacity), which every series in it shares."""
     first = g.iloc[0]
     if min(first["T"], first["E"], first["K"]) < 1:  # a record without its shape: no reference to compute
         return
     lo, hi = g["capacity factor"].min(), g["capacity factor"].max()
     cfs = np.linspace(min(lo, 0.5), max(hi, 2.0), 31)
-    ref = uniform_reference(int(first["T"]), int(first["E"]), int(first["K"]), cfs,
-                            int(first.get("spec.min_capacity") or 0))
+    ref = uniform_reference(int(first["T"]), int(first["E"]), int(first["K"]), cfs, int(first["min C"]))
     # drawn over the points: measured uniform routing lies on it and would hide it
     ax.plot(cfs, ref, gid="binomial reference", **REFERENCE_STYLE)
 

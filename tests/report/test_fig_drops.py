@@ -12,13 +12,16 @@ from moebench.report.fig_drops import drops, line_id, panel_id, uniform_referenc
 
 
 def capacity_case(cf: float, policy: str, routing: str, *, E: int = 8, K: int = 2, drop: float, mass: float | None,
-                  tokens: int = 512) -> dict:
+                  tokens: int = 512, min_capacity: int = 0) -> dict:
     metrics = {"drop_rate": drop, "expected_drop_rate_uniform": 0.0}
     if mass is not None:
         metrics["dropped_weight_frac"] = mass
     params = {"capacity_factor": cf, "n_experts": E, "top_k": K, "routing": routing, "drop_policy": policy}
+    if min_capacity:
+        params["min_capacity"] = min_capacity
     record = case(",".join(f"{k}={v}" for k, v in params.items()), params, metrics=metrics, tokens=tokens,
-                  spec={"capacity_factor": cf, "n_experts": E, "top_k": K, "drop_policy": policy})
+                  spec={"capacity_factor": cf, "n_experts": E, "top_k": K, "drop_policy": policy,
+                        "min_capacity": min_capacity})
     record["workload"]["routing"] = routing
     return record
 
@@ -87,6 +90,16 @@ def test_two_runs_are_told_apart_by_marker_and_named_in_the_alt_text(tmp_path):
     assert list(one.get_ydata()) == [0.2] and list(two.get_ydata()) == [0.1]
     assert one.get_marker() != two.get_marker()
     assert "one marker per run (base, cand)" in plot.alt
+
+
+def test_a_capacity_floor_gets_its_own_facet_and_reference(tmp_path):
+    records = [capacity_case(0.5, "position", "uniform", drop=d, mass=d, min_capacity=c)
+               for c, d in ((0, 0.5), (200, 0.2))]
+    plot = drops(frame(tmp_path, records))
+    plain = lines_by_id(panel(plot, FACET, "drop rate"))["binomial reference"]
+    floored = lines_by_id(panel(plot, FACET + ", min C=200", "drop rate"))["binomial reference"]
+    assert list(floored.get_ydata()) == pytest.approx(uniform_reference(512, 8, 2, floored.get_xdata(), 200))
+    assert floored.get_ydata()[0] < plain.get_ydata()[0]  # at CF 0.5, C = 64 without the floor, 200 with it
 
 
 def test_results_without_the_mass_still_draw_the_count_and_say_so(tmp_path):
