@@ -52,6 +52,7 @@ from moebench import stats
 from moebench.store import CASE_STATUSES, latest_case_records, read_numbered_records
 
 TIMING = ("latency_s", "cpu_s")  # per-step series under samples.*
+# Not dropped_weight_frac: a float sum of router weights, exact only up to reduction order (docs/results.md).
 COUNTERS = ("flops", "drop_rate", "tokens_dropped_frac", "capacity", "params", "trainable_params")
 FAILING = ("SLOW", "CHANGED", "FAILED", "MISSING")
 DEFAULT_THRESHOLD = 0.10

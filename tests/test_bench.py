@@ -17,7 +17,8 @@ from moebench.spec import LayerSpec
 from moebench.suite import Case, MeasurePlan, Workload
 
 CONTRACT = ("latency_s", "tokens_per_s", "peak_bytes", "flops", "frac_of_ceiling", "drop_rate",
-            "tokens_dropped_frac", "load_max_over_mean", "load_cv", "dead_experts", "routing_frac")
+            "dropped_weight_frac", "tokens_dropped_frac", "load_max_over_mean", "load_cv", "dead_experts",
+            "routing_frac")
 
 
 def test_run_case_reports_every_contract_metric():

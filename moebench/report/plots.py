@@ -32,9 +32,11 @@ FIGURES = {  # name: (section title, function, caption under the figure)
                     "transformer block (training FLOPs). The red line marks the first G where router + dispatch "
                     "+ combine time exceeds expert time."),
     "drops": ("Drops against capacity factor", drops,
-              "Points: measured fraction of (token, expert) assignments not computed for capacity, per routing "
-              "distribution. Dashed: the exact binomial expectation if every token picked its K experts "
-              "uniformly at random."),
+              "Top row of each facet: measured fraction of (token, expert) assignments not computed for "
+              "capacity; bottom row: the share of routing weight those assignments carried (dropped_weight_frac). "
+              "Colour: routing distribution; solid: position policy, dashed: probs policy (the two drop equally "
+              "many assignments, so their top-row lines coincide). Dotted: the exact binomial expectation of the "
+              "drop rate if every token picked its K experts uniformly at random."),
     "expert_load": ("Expert load", expert_load,
                     "Each row is one case: the number of assignments each expert computed (after capacity), "
                     "divided by the mean over experts. A panel too large to read row by row averages the cases "

@@ -52,6 +52,8 @@ class RoutingStats:
     kept_load_E: torch.Tensor  # [E] assignments actually computed by each expert
     assignments_dropped: torch.Tensor  # scalar: assignments refused for capacity
     tokens_unrouted: torch.Tensor  # scalar: tokens left with no computed assignment at all
+    weight_dropped: torch.Tensor  # scalar: sum of the combine weights of the refused assignments
+    weight_total: torch.Tensor  # scalar: sum of the combine weights of all assignments
     n_tokens: int
     n_assignments: int
     capacity: int | None
@@ -65,16 +67,31 @@ class RoutingStats:
         kept_load_E = torch.bincount(kept_expert_A, minlength=E)[:E]
         routed_T = torch.zeros(T, dtype=torch.bool, device=routing.token_A.device)
         routed_T[routing.token_A[routing.kept_A]] = True
+        # The weights the combine would have used had each assignment been kept: no layer renormalises
+        # weight_A after dropping (docs/formulas.md#capacity-and-drops). Summed in fp64: a frac of 1e-7 stays visible.
+        weight_A = routing.weight_A.detach().double()
         return cls(
             load_E=load_E,
             kept_load_E=kept_load_E,
             assignments_dropped=(~routing.kept_A).sum(),
             tokens_unrouted=T - routed_T.sum(),
+            weight_dropped=torch.where(routing.kept_A, 0.0, weight_A).sum(),  # no boolean index: no host sync
+            weight_total=weight_A.sum(),
             n_tokens=T,
             n_assignments=routing.n_assignments,
             capacity=routing.capacity,
             aux_losses=routing.aux_losses,  # shared, so losses added after the forward show here too
         )
+
+    def dropped_weight_frac(self) -> float:
+        """Dropped routing-weight mass: sum of w_a over refused assignments / sum of w_a over all of them.
+
+        drop_rate counts refusals; this weighs each by the combine weight it would have had, so a policy
+        that refuses lighter assignments scores lower at the same count (docs/formulas.md#capacity-and-drops:
+        `probs` does when it ranks by the combine weight). 0 when nothing carries weight (an empty routing).
+        """
+        total = self.weight_total.item()
+        return self.weight_dropped.item() / total if total > 0 else 0.0
 
     def summary(self) -> dict[str, float]:
         """Plain numbers, under the metric names of the results schema (docs/results.md#metric-contract)."""
@@ -83,6 +100,7 @@ class RoutingStats:
         out = {
             "drop_rate": self.assignments_dropped.item() / max(1, self.n_assignments),
             "tokens_dropped_frac": self.tokens_unrouted.item() / max(1, self.n_tokens),
+            "dropped_weight_frac": self.dropped_weight_frac(),
             "load_max_over_mean": (load.max().item() / mean) if mean > 0 else 0.0,
             "load_cv": (load.std(unbiased=False).item() / mean) if mean > 0 else 0.0,
             "dead_experts": int((self.kept_load_E == 0).sum().item()),

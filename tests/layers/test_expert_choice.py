@@ -105,3 +105,11 @@ def test_gradient_flows_through_the_weights():
 def test_spec_rejects_noisy_gating():
     with pytest.raises(ValueError, match="noisy_gating"):
         LayerSpec(variant="expert_choice", noisy_gating=True)
+
+
+def test_expert_choice_drops_no_routing_weight():
+    layer = make(1, expert_capacity_c=0.5).eval()
+    layer(torch.randn(20, 12))
+    summary = layer.last_stats.summary()
+    assert summary["tokens_dropped_frac"] > 0  # tokens no expert picked are not refused assignments
+    assert summary["drop_rate"] == summary["dropped_weight_frac"] == 0.0

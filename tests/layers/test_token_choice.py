@@ -169,3 +169,28 @@ def test_collect_stats_off_keeps_aux_losses_for_training():
     layer.train()(torch.randn(10, 12)).sum().backward()
     assert layer.last_stats is None
     assert set(layer.aux_losses) == {"z_loss", "load_balance"} and layer.aux_loss().requires_grad
+
+
+@pytest.mark.parametrize("fields", [{"renormalize": False}, {"score_func": "sigmoid", "renormalize": False},
+                                    {"variant": "gshard"}])
+def test_probs_policy_drops_less_routing_weight_than_position_at_equal_count(fields):
+    """Both policies refuse max(0, load - C) assignments per expert; where `probs` ranks by the combine
+    weight itself (no renormalisation after top-K, or GShard's gates) it refuses the lightest ones."""
+    x_TD = torch.randn(64, 12, generator=torch.Generator().manual_seed(3)).abs()
+    summaries = {}
+    for policy in ("position", "probs"):
+        layer = make(6, top_k=2, capacity_factor=1.0, drop_policy=policy, n_experts=4, **fields)
+        with torch.no_grad():
+            layer.router.w_gate_ED[0] += 0.1 * layer.router.w_gate_ED[1:].abs().sum(0)  # skew toward expert 0
+        layer.eval()(x_TD)
+        summaries[policy] = layer.last_stats.summary()
+    position, probs = summaries["position"], summaries["probs"]
+    assert position["drop_rate"] == probs["drop_rate"] > 0.1
+    assert probs["dropped_weight_frac"] < 0.95 * position["dropped_weight_frac"]
+    assert 0 < probs["dropped_weight_frac"] < 1
+
+
+def test_dropless_layer_drops_no_routing_weight():
+    layer = make(2, top_k=2, n_experts=4)  # capacity_factor None
+    layer.eval()(torch.randn(30, 12))
+    assert layer.last_stats.summary()["dropped_weight_frac"] == 0.0
