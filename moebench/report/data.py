@@ -87,6 +87,7 @@ def _row(run: Run, case: dict[str, Any]) -> dict[str, Any]:
                 if not isinstance(v, dict)})
     row.update({f"timing.{k}": v for k, v in (case.get("timing") or {}).items()})
     row.update(case.get("metrics") or {})
+    row["device"] = run.environment.get("device")  # the findings' conditions name it
     return row
 
 
