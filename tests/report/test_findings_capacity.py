@@ -53,12 +53,21 @@ def test_smallest_cf_under_1_and_5_percent_per_distribution(tmp_path):
     assert cf.answered and cf.figure == "drops"
     # the policies agree, so neither is named
     assert cf.text == ("E=8, K=2: the smallest capacity factor with drops under 1% / under 5% is uniform 1.5 / 1.25; "
-                       "zipf none up to CF 2 / none up to CF 2.")
+                       "zipf none up to CF 2.0 / none up to CF 2.0.")
     assert cf.conditions == "float32, T=4096, 2 threads, cpu"
-    # by hand: the largest |measured - expected| is 1 pp, at CF 0.5 (first of the ties, position policy)
-    assert gap.text.startswith("Measured uniform-routing drops lie within 1.00 percentage points of the binomial "
-                               "expectation over 10 cases; the largest gap is at E=8, K=2, CF 0.5, position policy "
-                               "(30.00% measured against 31.00% expected)")
+    # by hand: the largest |measured - expected| is 1 pp, at CF 0.5 (the first of the ties); both policies
+    # dropped the same there, so neither is named
+    assert gap.text == ("Measured uniform-routing drops lie within 1.00 percentage points of the binomial "
+                        "expectation over 10 cases; the largest gap is at E=8, K=2, CF 0.5 "
+                        "(30.00% measured against 31.00% expected).")
+
+
+def test_the_uniform_gap_names_the_policy_where_the_policies_differ(tmp_path):
+    cases = [*uniform_series("position"), c_case(1.0, "uniform", 0.095, policy="probs", expected=0.07)]
+    gap = findings(tmp_path, cases)[1]
+    # probs at CF 1.0: 9.5% - 7% = 2.5 pp, the largest; position dropped 8% there
+    assert "within 2.50 percentage points" in gap.text and "over 6 cases" in gap.text
+    assert "the largest gap is at E=8, K=2, CF 1.0, probs policy (9.50% measured against 7.00% expected)" in gap.text
 
 
 def test_the_policies_are_named_only_where_they_differ_and_each_e_k_is_one_sentence(tmp_path):
@@ -66,7 +75,7 @@ def test_the_policies_are_named_only_where_they_differ_and_each_e_k_is_one_sente
              *series("uniform", UNIFORM, E=64, K=1)]
     found = findings(tmp_path, cases)
     assert [f.text.split(":")[0] for f in found[:2]] == ["E=8, K=2", "E=64, K=1"]
-    assert "zipf none up to CF 2 / none up to CF 2 (position policy), 1.5 / 1 (probs policy)." in found[0].text
+    assert "zipf none up to CF 2.0 / none up to CF 2.0 (position policy), 1.5 / 1.0 (probs policy)." in found[0].text
     assert found[1].text.endswith("uniform 1.5 / 1.25.")
 
 
@@ -75,7 +84,7 @@ def test_the_smallest_measured_cf_and_a_failed_smaller_cf_are_said(tmp_path):
              c_case(0.5, "khot", 0.0, status="error"), c_case(1.0, "khot", 0.03), c_case(2.0, "khot", 0.0)]
     cf = findings(tmp_path, cases)[0]
     assert "balanced 0.5 (the smallest measured) / 0.5 (the smallest measured)" in cf.text
-    assert "khot 2 (CF 0.5 failed) / 1 (CF 0.5 failed)" in cf.text
+    assert "khot 2.0 (CF 0.5 failed) / 1.0 (CF 0.5 failed)" in cf.text
 
 
 def test_all_failed_cannot_answer(tmp_path):
@@ -99,7 +108,7 @@ def test_dropped_weight_mass_contrasts_the_policies_only_when_recorded(tmp_path)
     cases.append(c_case(1.0, "khot", 0.1, dropped_weight_frac=0.2))  # one policy only: no pair
     weight = findings(tmp_path, cases)[-1]
     # means over the 2 pairs: probs (0.10 + 0.03) / 2 = 6.5%, position (0.30 + 0.05) / 2 = 17.5%
-    assert weight.text == ("At CF 1, where both drop policies drop equally many assignments (2 series), the probs "
+    assert weight.text == ("At CF 1.0, where both drop policies drop equally many assignments (2 series), the probs "
                            "policy drops 6.50% of the routing-weight mass and the position policy 17.50% (means); "
                            "the widest difference is zipf at E=8, K=2: 10.00% against 30.00%.")
 
@@ -111,6 +120,6 @@ def test_a_capacity_report_opens_with_its_findings_linked_to_the_drops_figure(tm
     headings = re.findall(r"<h2[^>]*>([^<]*)</h2>", html)
     assert headings[0] == "Findings"
     findings_part = html[html.index('<h2 id="findings">'):html.index("<h2", html.index('<h2 id="findings">') + 1)]
-    assert "uniform 1.5 / 1.25; zipf none up to CF 2 / none up to CF 2." in findings_part
+    assert "uniform 1.5 / 1.25; zipf none up to CF 2.0 / none up to CF 2.0." in findings_part
     assert findings_part.count('<a href="#fig-drops">[figure]</a>') == 2
     assert '<h2 id="fig-drops">' in html

@@ -76,3 +76,14 @@ def test_every_dtype_and_run_gets_its_own_findings(tmp_path):
 def test_no_granularity_axis_no_finding(tmp_path):
     _, df = load_runs([write_run(tmp_path / "t.jsonl", [case("variant=hash", {"variant": "hash"})])])
     assert granularity_findings(df) == []
+
+
+def test_a_record_without_routing_frac_gets_it_from_its_phase_times(tmp_path):
+    def phases(G, router, experts):
+        return case(f"granularity={G}", {"granularity": G}, tokens=2048,
+                    metrics={"phase_router_s": router, "phase_dispatch_s": 0.001, "phase_combine_s": 0.001,
+                             "phase_experts_s": experts, "tokens_per_s": 1000.0})
+    # (router + 0.002) / (router + 0.002 + experts): G=1 0.003/0.010 = 30%, G=8 0.008/0.010 = 80%
+    share, _ = findings(tmp_path, [phases(1, 0.001, 0.007), phases(8, 0.006, 0.002)])
+    assert "more than 25% of the summed phase time first at G=1 (30.0%); more than 50% first at G=8 (80.0%)" \
+        in share.text

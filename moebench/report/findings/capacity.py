@@ -58,6 +58,12 @@ def _distribution(row) -> str:
     return " ".join([name, *(f"{k}={v}" for k, v in sorted(extra.items()))])
 
 
+def _cf(value: float) -> str:
+    """1.0, 1.25, 0.5: a capacity factor as the suites write it."""
+    text = f"{value:g}"
+    return text if "." in text or "e" in text else text + ".0"
+
+
 def _ek(rows: pd.DataFrame) -> str:
     return f"E={int(rows['E'].iloc[0])}, K={int(rows['K'].iloc[0])}"
 
@@ -91,11 +97,11 @@ def _smallest_cfs(series: pd.DataFrame) -> str:
     for limit in DROP_LIMITS:
         under = by_cf[by_cf < limit]
         cf = under.index[0] if not under.empty else None
-        answer = f"{cf:g}" if cf is not None else f"none up to CF {by_cf.index.max():g}"
+        answer = _cf(cf) if cf is not None else f"none up to CF {_cf(by_cf.index.max())}"
         if cf is not None and cf == series["CF"].min():
             answer += " (the smallest measured)"  # a smaller CF, not run, could do too
         unsure = [f for f in failed if cf is None or f < cf]
-        answers.append(answer + (f" (CF {', '.join(f'{f:g}' for f in unsure)} failed)" if unsure else ""))
+        answers.append(answer + (f" (CF {', '.join(_cf(f) for f in unsure)} failed)" if unsure else ""))
     return " / ".join(answers)
 
 
@@ -112,7 +118,9 @@ def _uniform_gap_finding(ok: pd.DataFrame, name_run: bool) -> Finding:
                        answered=False)
     gap = uniform["drop rate"] - uniform["expected"]
     at = uniform.loc[gap.abs().idxmax()]
-    where = f"{_ek(uniform.loc[[at.name]])}, CF {at['CF']:g}, {at['policy']} policy"
+    same_place = uniform[(uniform[["run", "E", "K", "T", "CF"]] == at[["run", "E", "K", "T", "CF"]]).all(axis=1)]
+    policy = f", {at['policy']} policy" if same_place["drop rate"].nunique() > 1 else ""  # else the policies agree
+    where = f"{_ek(uniform.loc[[at.name]])}, CF {_cf(at['CF'])}{policy}"
     text = (f"Measured uniform-routing drops lie within {abs(gap[at.name]) * 100:.2f} percentage points of the "
             f"binomial expectation over {len(uniform)} cases; the largest gap is at {where} "
             f"({at['drop rate']:.2%} measured against {at['expected']:.2%} expected).")
@@ -141,7 +149,7 @@ def _policy_weight_findings(ok: pd.DataFrame, name_run: bool) -> list[Finding]:
     position, probs = equal[("weight", "position")], equal[("weight", "probs")]
     widest = (position - probs).abs().idxmax()
     _, e, k, _, routing = widest
-    text = (f"At CF {EQUAL_CF:g}, where both drop policies drop equally many assignments ({len(equal)} series), "
+    text = (f"At CF {_cf(EQUAL_CF)}, where both drop policies drop equally many assignments ({len(equal)} series), "
             f"the probs policy drops {probs.mean():.2%} of the routing-weight mass and the position policy "
             f"{position.mean():.2%} (means); the widest difference is {routing} at E={int(e)}, K={int(k)}: "
             f"{probs[widest]:.2%} against {position[widest]:.2%}.")

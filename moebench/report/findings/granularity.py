@@ -14,6 +14,7 @@ from moebench.report.data import column
 from moebench.report.findings import Finding, conditions_text
 
 FIGURE = "routing_tax"
+ROUTING_PHASES = ("router", "dispatch", "combine")
 SHARES = (0.25, 0.5)  # routing shares of the layer a reader asks about
 G_BASE, G_FINE = 1, 16  # throughput at G_FINE relative to G_BASE
 
@@ -72,8 +73,18 @@ def _listed(gs: list[int]) -> str:
     return ", ".join(f"G={g}" for g in gs)
 
 
+def _with_routing_share(rows: pd.DataFrame) -> pd.DataFrame:
+    """rows with `routing_frac`, computed from the phase_*_s columns where a record lacks it (the same
+    ratio moebench.bench records: router + dispatch + combine over the sum of every phase)."""
+    phases = [c for c in rows if c.startswith("phase_") and c.endswith("_s")]
+    total = sum((column(rows, c).fillna(0) for c in phases), pd.Series(0.0, index=rows.index))
+    routing = sum((column(rows, f"phase_{p}_s").fillna(0) for p in ROUTING_PHASES), pd.Series(0.0, rows.index))
+    from_phases = (routing / total).where(total > 0)
+    return rows.assign(routing_frac=column(rows, "routing_frac").fillna(from_phases))
+
+
 def _routing_share_finding(rows: pd.DataFrame, name: str, cond: str) -> Finding:
-    share, missing = _measured(rows, "routing_frac")
+    share, missing = _measured(_with_routing_share(rows), "routing_frac")
     if share.size < 2:
         have = f"only {_listed(share.index.tolist())} has" if share.size else "no case has"
         return Finding(f"{name}: the G at which router + dispatch + combine pass 25% and 50% of the layer's phase "
