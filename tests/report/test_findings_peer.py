@@ -35,12 +35,10 @@ def test_product_keys_beat_brute_force_from_the_crossover_n(tmp_path):
                               "force faster below; measured N=1,024 to 16,384): 2.0× faster at N=4,096, 5.0× at "
                               "N=16,384.")
     assert crossover.conditions == "float32, T=256, 2 threads, cpu"
-    # at N=16384: product 4.00 ms and brute force 20.0 ms, floor 1 ms: 25% and 5% of floor
-    assert largest.text.startswith("At the largest N measured (16,384): ")
-    assert "product keys, heads=4, k=8, D=64, d_key=32, takes 4.00 ms per step against a bandwidth floor of " \
-           "1.00 ms (25% of floor)" in largest.text
-    assert "brute force, heads=4, k=8, D=64, d_key=32, takes 20.0 ms per step against a bandwidth floor of " \
-           "1.00 ms (5% of floor)" in largest.text
+    # at N=16384, one configuration: product keys 4.00 ms and brute force 20.0 ms, floor 1 ms: 25% and 5%
+    assert largest.text == ("At the largest N measured (16,384; heads=4, k=8, D=64, d_key=32, dtype=float32), latency "
+                            "per step against the bandwidth floor: product keys: 4.00 ms against 1.00 ms (25% of "
+                            "floor); brute force: 20.0 ms against 1.00 ms (5.0% of floor).")
 
 
 def test_brute_force_faster_everywhere_is_said(tmp_path):
@@ -57,15 +55,18 @@ def test_only_cases_of_one_configuration_are_compared(tmp_path):
     crossover, largest = findings(tmp_path, cases)
     assert not crossover.answered
     assert crossover.text.startswith("Product keys and brute force cannot be compared: no N has both")
-    # both configurations at the largest N, each with its own floor fraction (floor 1 ms)
-    assert "product keys, heads=16, k=8" in largest.text and "(100% of floor)" in largest.text
-    assert "brute force, heads=4, k=8" in largest.text and "(10% of floor)" in largest.text
+    # both configurations at the largest N, each named by what differs, with its own floor fraction (floor 1 ms)
+    assert largest.text == ("At the largest N measured (1,024; k=8, D=64, d_key=32, dtype=float32), latency per "
+                            "step against the bandwidth floor: product keys heads=16: 1.00 ms against 1.00 ms (100% "
+                            "of floor); brute force heads=4: 10.0 ms against 1.00 ms (10% of floor).")
 
 
 def test_no_brute_force_cannot_answer(tmp_path):
     crossover, largest = findings(tmp_path, [p_case(1024, "product", 0.001), p_case(4096, "product", 0.002)])
     assert not crossover.answered and "cannot be compared" in crossover.text
-    assert largest.answered and "(4,096)" in largest.text
+    assert largest.answered and largest.text == (
+        "At the largest N measured (4,096), product keys with heads=4, k=8, D=64, d_key=32, dtype=float32 take "
+        "2.00 ms per step against a bandwidth floor of 1.00 ms (50% of floor).")
 
 
 def test_all_failed_cannot_answer(tmp_path):

@@ -28,7 +28,7 @@ def capacity_findings(df: pd.DataFrame) -> list[Finding]:
     if ok.empty:
         return [Finding(f"Every capacity case ({len(d)}) failed or has no drop rate: no capacity factor can be "
                         "named.", FIGURE, conditions_text(d), answered=False)]
-    name_run = d["run"].nunique() > 1
+    name_run = df["run"].nunique() > 1
     found = [_smallest_cf_finding(rows, name_run) for _, rows in d.groupby(["run", "E", "K", "T"], sort=False)]
     found.append(_uniform_gap_finding(ok, name_run))
     found += _policy_weight_findings(ok, name_run)

@@ -26,7 +26,7 @@ def granularity_findings(df: pd.DataFrame) -> list[Finding]:
     found: list[Finding] = []
     for rows in _series(d):
         name = _series_name(rows)
-        cond = conditions_text(rows, name_run=d["run"].nunique() > 1)
+        cond = conditions_text(rows, name_run=df["run"].nunique() > 1)
         found.append(_routing_share_finding(rows, name, cond))
         found.append(_throughput_finding(rows, name, cond))
     return found
@@ -87,8 +87,8 @@ def _routing_share_finding(rows: pd.DataFrame, name: str, cond: str) -> Finding:
     share, missing = _measured(_with_routing_share(rows), "routing_frac")
     if share.size < 2:
         have = f"only {_listed(share.index.tolist())} has" if share.size else "no case has"
-        return Finding(f"{name}: the G at which router + dispatch + combine pass 25% and 50% of the layer's phase "
-                       f"time cannot be told: {have} a measured routing share (a sweep over G is needed).",
+        return Finding(f"{name}: the G from which router + dispatch + combine take more than 25% and 50% of the "
+                       f"summed phase time cannot be told: {have} a measured routing share (a sweep over G is needed).",
                        FIGURE, cond, answered=False)
     parts, answered = [], True
     for threshold in SHARES:

@@ -18,6 +18,8 @@ FIGURE = "peer"
 CONFIG = ("spec.peer_heads", "spec.peer_k", "spec.d_model", "spec.d_key", "spec.dtype", "workload.tokens",
           "workload.batch")
 RETRIEVAL = {"product": "product keys", "brute": "brute force"}
+SETTINGS = (("heads", "spec.peer_heads"), ("k", "spec.peer_k"), ("D", "spec.d_model"), ("d_key", "spec.d_key"),
+            ("dtype", "spec.dtype"))  # a configuration's settings, as the findings name them
 
 
 def peer_findings(df: pd.DataFrame) -> list[Finding]:
@@ -30,7 +32,7 @@ def peer_findings(df: pd.DataFrame) -> list[Finding]:
     if d.empty:
         return [Finding(f"Every PEER case ({len(peer)}) failed or has no latency: nothing to compare.",
                         FIGURE, conditions_text(peer), answered=False)]
-    name_run = d["run"].nunique() > 1
+    name_run = df["run"].nunique() > 1
     return [*_crossover_findings(d, name_run), *_largest_n_findings(d, name_run)]
 
 
@@ -97,23 +99,60 @@ def _crossover_text(speedup: pd.Series) -> str:
 
 
 def _largest_n_findings(d: pd.DataFrame, name_run: bool) -> list[Finding]:
-    """One sentence per run: at that run's largest N, each configuration's latency and fraction of floor."""
+    """One sentence per run: at that run's largest N, each configuration's latency against its
+    floor. The settings all of them share are said once; each is named by those that differ."""
     found = []
     for _, run_rows in d.groupby("run", sort=False):
         n_max = run_rows["N"].max()
         at = run_rows[run_rows["N"] == n_max]
-        parts = [_at_floor_text(r) for _, r in at.iterrows()]
-        found.append(Finding(f"At the largest N measured ({int(n_max):,}): " + "; ".join(parts) + ".", FIGURE,
-                             conditions_text(at, name_run)))
+        varying = [(name, col) for name, col in SETTINGS if col in at and at[col].astype(str).nunique() > 1]
+        shared = ", ".join(f"{name}={at[col].iloc[0]}" for name, col in SETTINGS
+                           if col in at and (name, col) not in varying)
+        if len(at) == 1:
+            text = f"At the largest N measured ({int(n_max):,}), {_at_floor_text(at.iloc[0], shared)}."
+        else:
+            parts = [_against_floor(r, ", ".join(f"{name}={r[col]}" for name, col in varying))
+                     for _, r in at.iterrows()]
+            text = (f"At the largest N measured ({int(n_max):,}; {shared}), latency per step against the bandwidth "
+                    "floor: " + "; ".join(parts) + ".")
+        found.append(Finding(text, FIGURE, conditions_text(at, name_run)))
     return found
 
 
-def _at_floor_text(row) -> str:
-    latency = float(row["latency_s"])
+def _at_floor_text(row, settings: str) -> str:
+    """'product keys with heads=8, k=16 take 8.75 ms per step against a bandwidth floor of 3.43 ms (39% of floor)'."""
+    retrieval = _retrieval(row)
+    verb = "takes" if retrieval == "brute force" else "take"
+    text = f"{retrieval}{' with ' + settings if settings else ''} {verb} {_ms(float(row['latency_s']))} per step"
+    floor, frac = _floor(row)
+    if floor is None:
+        return text + " (no bandwidth floor recorded)"
+    return text + f" against a bandwidth floor of {_ms(floor)} ({_percent(frac)} of floor)"
+
+
+def _against_floor(row, settings: str) -> str:
+    """'product keys heads=8, k=16: 8.75 ms against 3.43 ms (39% of floor)': one of several at one N."""
+    text = f"{_retrieval(row)}{' ' + settings if settings else ''}: {_ms(float(row['latency_s']))}"
+    floor, frac = _floor(row)
+    return text + (" (no floor recorded)" if floor is None else f" against {_ms(floor)} ({_percent(frac)} of floor)")
+
+
+def _retrieval(row) -> str:
+    return RETRIEVAL.get(str(row.get("spec.peer_retrieval")), str(row.get("spec.peer_retrieval")))
+
+
+def _floor(row) -> tuple[float | None, float]:
+    """floor_s and frac_of_ceiling (floor_s / latency_s), None when the record lacks either."""
     floor = pd.to_numeric(pd.Series([row.get("floor_s")]), errors="coerce").iloc[0]
     frac = pd.to_numeric(pd.Series([row.get("frac_of_ceiling")]), errors="coerce").iloc[0]
-    retrieval = RETRIEVAL.get(str(row.get("spec.peer_retrieval")), str(row.get("spec.peer_retrieval")))
-    text = f"{retrieval}, {row['config']}, takes {latency * 1e3:#.3g} ms per step"
-    if pd.isna(floor) or pd.isna(frac):
-        return text + " (no bandwidth floor recorded)"
-    return text + f" against a bandwidth floor of {floor * 1e3:#.3g} ms ({frac:.0%} of floor)"
+    return (None, float("nan")) if pd.isna(floor) or pd.isna(frac) else (float(floor), float(frac))
+
+
+def _percent(frac: float) -> str:
+    return f"{frac:.0%}" if frac >= 0.1 else f"{frac:.1%}"
+
+
+def _ms(seconds: float) -> str:
+    """Three significant digits: 8.75 ms, 18.0 ms, 239 ms."""
+    value = seconds * 1e3
+    return f"{value:.0f} ms" if value >= 100 else f"{value:#.3g} ms"
