@@ -87,3 +87,16 @@ def test_a_record_without_routing_frac_gets_it_from_its_phase_times(tmp_path):
     share, _ = findings(tmp_path, [phases(1, 0.001, 0.007), phases(8, 0.006, 0.002)])
     assert "more than 25% of the summed phase time first at G=1 (30.0%); more than 50% first at G=8 (80.0%)" \
         in share.text
+
+
+def test_all_failed_cannot_answer(tmp_path):
+    share, throughput = findings(tmp_path, [g_case(G, 0.0, 0.0, status="error") for G in (1, 16)])
+    assert not share.answered and "cannot be told: no case has a measured routing share" in share.text
+    assert not throughput.answered
+    assert throughput.text == ("float32: throughput at G=16 relative to G=1 cannot be given: the case at G=1 failed "
+                               "or has no tokens/s and the case at G=16 failed or has no tokens/s.")
+
+
+def test_a_share_passed_at_the_smallest_g_measured_is_said_to_be_that(tmp_path):
+    share, _ = findings(tmp_path, [g_case(4, 0.3, 1000.0), g_case(8, 0.6, 900.0)])
+    assert "first at G=4 (30.0%), the smallest G measured; more than 50% first at G=8 (60.0%)." in share.text

@@ -110,6 +110,8 @@ def _first_g_past(share: pd.Series, missing: list[int], threshold: float) -> tup
     else:
         g = past.index[0]
         text = f"first at G={g} ({past.iloc[0]:.1%})"
+        if g == share.index.min() and g > 1:
+            text += ", the smallest G measured"  # a G below it, not run, could pass too
         unsure = [m for m in missing if m < g]
     if unsure:
         verb = "has" if len(unsure) == 1 else "have"

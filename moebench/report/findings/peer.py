@@ -28,7 +28,7 @@ def peer_findings(df: pd.DataFrame) -> list[Finding]:
     peer = _peer_rows(df)
     if peer.empty:
         return []
-    d = peer[(peer["status"] == "ok") & (column(peer, "latency_s") > 0)]
+    d = peer[(peer["status"] == "ok") & (column(peer, "latency_s") > 0) & peer["N"].notna()]
     if d.empty:
         return [Finding(f"Every PEER case ({len(peer)}) failed or has no latency: nothing to compare.",
                         FIGURE, conditions_text(peer), answered=False)]
@@ -107,7 +107,7 @@ def _largest_n_findings(d: pd.DataFrame, name_run: bool) -> list[Finding]:
         at = run_rows[run_rows["N"] == n_max]
         varying = [(name, col) for name, col in SETTINGS if col in at and at[col].astype(str).nunique() > 1]
         shared = ", ".join(f"{name}={at[col].iloc[0]}" for name, col in SETTINGS
-                           if col in at and (name, col) not in varying)
+                           if col in at and pd.notna(at[col].iloc[0]) and (name, col) not in varying)
         if len(at) == 1:
             text = f"At the largest N measured ({int(n_max):,}), {_at_floor_text(at.iloc[0], shared)}."
         else:
