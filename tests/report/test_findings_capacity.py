@@ -53,7 +53,7 @@ def test_smallest_cf_under_1_and_5_percent_per_distribution(tmp_path):
     assert cf.answered and cf.figure == "drops"
     # the policies agree, so neither is named
     assert cf.text == ("E=8, K=2: the smallest capacity factor with drops under 1% / under 5% is uniform 1.5 / 1.25; "
-                       "zipf none up to CF 2.0 / none up to CF 2.0.")
+                       "zipf none under 5% up to CF 2.0.")
     assert cf.conditions == "float32, T=4096, 2 threads, cpu"
     # by hand: the largest |measured - expected| is 1 pp, at CF 0.5 (the first of the ties); both policies
     # dropped the same there, so neither is named
@@ -75,7 +75,7 @@ def test_the_policies_are_named_only_where_they_differ_and_each_e_k_is_one_sente
              *series("uniform", UNIFORM, E=64, K=1)]
     found = findings(tmp_path, cases)
     assert [f.text.split(":")[0] for f in found[:2]] == ["E=8, K=2", "E=64, K=1"]
-    assert "zipf none up to CF 2.0 / none up to CF 2.0 (position policy), 1.5 / 1.0 (probs policy)." in found[0].text
+    assert "zipf none under 5% up to CF 2.0 (position policy), 1.5 / 1.0 (probs policy)." in found[0].text
     assert found[1].text.endswith("uniform 1.5 / 1.25.")
 
 
@@ -120,6 +120,6 @@ def test_a_capacity_report_opens_with_its_findings_linked_to_the_drops_figure(tm
     headings = re.findall(r"<h2[^>]*>([^<]*)</h2>", html)
     assert headings[0] == "Findings"
     findings_part = html[html.index('<h2 id="findings">'):html.index("<h2", html.index('<h2 id="findings">') + 1)]
-    assert "uniform 1.5 / 1.25; zipf none up to CF 2.0 / none up to CF 2.0." in findings_part
+    assert "uniform 1.5 / 1.25; zipf none under 5% up to CF 2.0." in findings_part
     assert findings_part.count('<a href="#fig-drops">[figure]</a>') == 2
     assert '<h2 id="fig-drops">' in html

@@ -102,6 +102,8 @@ def _smallest_cfs(series: pd.DataFrame) -> str:
             answer += " (the smallest measured)"  # a smaller CF, not run, could do too
         unsure = [f for f in failed if cf is None or f < cf]
         answers.append(answer + (f" (CF {', '.join(_cf(f) for f in unsure)} failed)" if unsure else ""))
+    if len(set(answers)) == 1 and answers[0].startswith("none up to"):  # not even under the loosest limit
+        return f"none under {max(DROP_LIMITS):.0%}" + answers[0].removeprefix("none")
     return " / ".join(answers)
 
 
