@@ -91,6 +91,7 @@ def _row(run: Run, case: dict[str, Any]) -> dict[str, Any]:
     # the raw record and the run's device, for the ratios figure (it reuses compare on the samples)
     row.update({"case_record": case, "run.device": (run.record.get("options") or {}).get("device")
                 or run.environment.get("device")})
+    row["device"] = run.environment.get("device")  # the findings' conditions name it
     return row
 
 
