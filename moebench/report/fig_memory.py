@@ -98,6 +98,6 @@ def _mark_missing_bounds(ax, rows: pd.DataFrame) -> None:
 def _alt(d: pd.DataFrame, order: list[str], run_names: list[str]) -> str:
     bounded = int((d["predicted_activation_bytes_upper MiB"] > 0).sum())
     runs = f" for {len(run_names)} runs side by side" if len(run_names) > 1 else ""
-    return (f"Memory of {len(order)} cases{runs}: left, the measured peak above what was live beside the analytic "
+    return (f"Memory of {len(order)} cases{runs}: left, the measured peak above what was live against the analytic "
             f"upper bound on a forward's activations ({bounded} of {len(d)} cases have one; training steps do "
             "not); right, the measured weight bytes. Horizontal bars in MiB, one row per case.")

@@ -136,6 +136,6 @@ def _alt(d: pd.DataFrame, sweeps: list[str], single: list[str], rows: pd.DataFra
                      "as a dashed line in its colour")
     if single:
         ns = ", ".join(str(int(n)) for n in sorted(set(rows["N experts"])))
-        parts.append(f"median latency of {len(rows)} configurations at N = {ns}, each beside its own floor")
+        parts.append(f"median latency of {len(rows)} configurations at N = {ns}, each against its own floor")
     text = "PEER: " + "; and ".join(parts) + f". {len(d)} cases."
     return text.replace("\\$", "$")  # alt text is HTML, not matplotlib: "$" needs no escape there
