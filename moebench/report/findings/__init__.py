@@ -27,11 +27,26 @@ class Finding:
 
 Finder = Callable[[pd.DataFrame], list[Finding]]
 
+# The subject modules import Finding from here, so they are imported once it exists.
+from moebench.report.findings import lifelong, memory, models, routers, throughput  # noqa: E402
+
 FINDERS: dict[str, Finder] = {  # name: finder; one module per subject
+    "throughput": throughput.fastest_backend,
+    "hot_paths": throughput.hot_path_spread,
+    "models": models.preset_speed,
+    "routers": routers.router_cost_and_balance,
+    "memory": memory.peak_against_bound,
+    "lifelong": lifelong.freezing_saving,
 }
 
 # "mixed" (quick) and unknown kinds get every finder; a finder with nothing to say returns [].
 FINDINGS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "throughput": ("throughput",),
+    "ci": ("hot_paths",),
+    "models": ("models",),
+    "routers": ("routers",),
+    "memory": ("memory",),
+    "lifelong": ("lifelong",),
 }
 
 

@@ -1,0 +1,65 @@
+"""Memory findings: the measured peak (`peak_bytes`: allocated during a step above what was live before
+it) against the analytic upper bound on a forward's activations (`predicted_activation_bytes_upper`,
+accounting.layer_activation_bytes), per run, mode, dtype and T: whether the bound held
+(peak <= bound) in every case, and the case farthest from it.
+
+Where the bound held everywhere, the farthest case is the one with the most slack (bound - peak, in
+bytes): how loose the bound is. Where it failed, it is the case with the largest excess (peak - bound):
+how far a forward-only bound is from what that mode holds (a training step also keeps gradients and
+optimizer state)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from moebench.report.data import column, ok_cases
+from moebench.report.findings import Finding
+from moebench.report.findings.describe import case_name, conditions, ratio, several_runs, situation, size, text
+
+GROUP_KEYS = ("run", "workload.mode", "spec.dtype", "workload.tokens")
+FIGURE = "memory"
+
+
+def peak_against_bound(df: pd.DataFrame) -> list[Finding]:
+    if df.empty:
+        return []
+    rows = ok_cases(df)
+    measured = column(rows, "peak_bytes").notna() & column(rows, "predicted_activation_bytes_upper").notna()
+    rows = rows[measured].copy()
+    if rows.empty:
+        if (df["status"] != "ok").all():
+            return [Finding("The measured peak is not compared with the analytic activation bound: no case "
+                            "finished.", FIGURE, answered=False)]
+        if column(df, "peak_bytes").notna().any():
+            return [Finding("The measured peak is not compared with the analytic activation bound: no case "
+                            "with peak_bytes records predicted_activation_bytes_upper.", FIGURE, answered=False)]
+        return []  # memory was not measured in this run: nothing to say
+    for key in GROUP_KEYS:
+        rows[f"key {key}"] = text(rows, key, "?")
+    name_run = several_runs(df)
+    return [_sentence(group, name_run) for _, group in rows.groupby([f"key {k}" for k in GROUP_KEYS], sort=False)]
+
+
+def _sentence(group: pd.DataFrame, name_run: bool) -> Finding:
+    peak = column(group, "peak_bytes")
+    bound = column(group, "predicted_activation_bytes_upper")
+    excess = peak - bound
+    failed = excess > 0
+    n = len(group)
+    head = situation(group.iloc[0])
+    if failed.any():
+        worst = excess.idxmax()
+        sentence = (f"{head}: the measured peak exceeded the analytic activation upper bound in {int(failed.sum())} "
+                    f"of {n} cases; the largest excess is {case_name(group.at[worst, 'case_params'])}, peak "
+                    f"{size(peak[worst])} against a bound of {size(bound[worst])} ({_times(peak[worst], bound[worst])} "
+                    "the bound)")
+    else:
+        worst = (bound - peak).idxmax()
+        sentence = (f"{head}: the measured peak stayed within the analytic activation upper bound in all {n} "
+                    f"cases; the loosest is {case_name(group.at[worst, 'case_params'])}, peak {size(peak[worst])} "
+                    f"against a bound of {size(bound[worst])} ({size(bound[worst] - peak[worst])} to spare)")
+    return Finding(sentence + ".", FIGURE, conditions(group, name_run))
+
+
+def _times(a: float, b: float) -> str:
+    return ratio(a / b) if b > 0 else "?"
