@@ -24,7 +24,7 @@ def test_per_mode_the_bound_held_or_the_largest_excess_is_named(tmp_path):
                             "bound in all 2 cases; the loosest is loop, peak 1 MiB against a bound of "
                             "4 MiB (3 MiB to spare).")
     assert train.text == ("train_step, T=256, float32: the measured peak exceeded the analytic activation upper bound "
-                          "in 1 of 2 cases; the largest excess is loop, peak 10 MiB against a bound of "
+                          "in 1 of 2 cases (loop); the largest excess is loop, peak 10 MiB against a bound of "
                           "4 MiB (2.5× the bound).")
     assert forward.figure == train.figure == "memory" and "train_step" in train.conditions
 
@@ -39,3 +39,9 @@ def test_results_without_the_bound_say_so(tmp_path):
     df = frame(tmp_path, [timed("a", {"variant": "hash"}, 0.01)], kind="memory")  # peak_bytes only
     (finding,) = peak_against_bound(df)
     assert not finding.answered and "predicted_activation_bytes_upper" in finding.text
+
+
+def test_a_mode_with_one_case_says_so_instead_of_all_1_cases(tmp_path):
+    (finding,) = peak_against_bound(frame(tmp_path, [_measured("loop", 5, 4, mode="train_step")], kind="memory"))
+    assert finding.text == ("train_step, T=256, float32: the measured peak exceeded the analytic activation upper "
+                            "bound in its one case, loop: peak 5 MiB against a bound of 4 MiB (1.25× the bound).")

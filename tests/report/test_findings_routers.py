@@ -25,9 +25,9 @@ def test_each_router_is_priced_and_balanced_against_plain_top_k(tmp_path):
     ], kind="routers")
     cost, balance = router_cost_and_balance(df)
     # hash 0.008/0.010 = 0.8x, noisy 1.1x, expert choice 1.2x, cheapest first
-    assert cost.text == ("Against plain top-2 token choice (10 ms per step, load max/mean 1.20): hash 0.8× the time, "
-                         "load max/mean 1.50; token_choice, noisy_gating=True 1.1× the time, load max/mean 1.10; "
-                         "expert_choice 1.2× the time, load max/mean 1.00.")
+    assert cost.text == ("Against plain top-2 token choice (10 ms per step, load max/mean 1.20): hash: 0.8× the "
+                         "time, load max/mean 1.50; token_choice (noisy_gating=True): 1.1× the time, load max/mean "
+                         "1.10; expert_choice: 1.2× the time, load max/mean 1.00.")
     assert cost.figure == "throughput" and balance.figure == "expert_load"
     assert balance.text == ("No router is both cheaper and better balanced than top-2; the cheapest is hash (0.8× the "
                             "time) and the best balanced is expert_choice (load max/mean 1.00).")

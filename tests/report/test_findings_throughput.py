@@ -55,10 +55,24 @@ def test_hot_path_spread_names_the_fastest_and_the_slowest_and_their_ratio(tmp_p
     df = frame(tmp_path, [_layer("sort_gather", 0.01), _layer("grouped_mm", 0.03), _layer("padded", 0.05),
                           _layer("loop", 0.001, mode="forward_backward")], kind="ci")  # alone in its mode
     (finding,) = hot_path_spread(df)
-    assert finding.text == ("forward, T=256, float32: of 3 hot paths the fastest is token_choice/sort_gather "
-                            "(10 ms per step) and the slowest is token_choice/padded (50 ms, 5× the fastest).")
+    assert finding.text == ("forward, T=256, float32: of 3 hot paths the fastest is token_choice/sort_gather at "
+                            "10 ms per step and the slowest is token_choice/padded at 50 ms, 5× the fastest.")
 
 
 def test_hot_path_spread_of_one_case_says_it_cannot_be_computed(tmp_path):
     (finding,) = hot_path_spread(frame(tmp_path, [_layer("sort_gather", 0.01)], kind="ci"))
     assert not finding.answered and "no two cases finished under the same dtype, T and mode" in finding.text
+
+
+def test_a_layer_alone_without_a_baseline_and_synthetic_routings_make_no_sentence(tmp_path):
+    df = frame(tmp_path, [
+        _layer("sort_gather", 0.01), _layer("grouped_mm", 0.02),
+        _layer("loop", 0.001, mode="forward_backward"),  # alone in its mode, no baseline: nothing to compare
+        timed("routing=uniform,cf=1", {"routing": "uniform", "capacity_factor": 1.0}, 0.0001),  # a drop study's
+        timed("routing=uniform,cf=2", {"routing": "uniform", "capacity_factor": 2.0}, 0.0002),  # cases
+    ], kind="throughput")
+    df.loc[df["case_id"].str.startswith("routing=uniform"), "workload.routing"] = "uniform"
+    fastest, missing = fastest_backend(df)
+    assert fastest.text.startswith("forward, T=256, float32, d_model 64: the fastest of 2 routed layers is "
+                                   "token_choice/sort_gather at 25.6k tokens/s")
+    assert not missing.answered

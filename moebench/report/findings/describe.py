@@ -15,7 +15,7 @@ SAID_ELSEWHERE = ("dtype", "tokens", "mode")  # each finding states them: not re
 
 def case_name(params, drop: tuple[str, ...] = ()) -> str:
     """A short name from a case's params: 'dense FFN (equal_active)', a preset, or variant/backend,
-    then the other axes as k=v (dtype, tokens, mode and those in `drop` left out: the finding's
+    then the other axes as k=v in parentheses (dtype, tokens, mode and those in `drop` left out: the finding's
     sentence and conditions say them)."""
     params = {k: v for k, v in (params or {}).items() if k not in (*SAID_ELSEWHERE, *drop)}
     if "baseline" in params:
@@ -27,8 +27,10 @@ def case_name(params, drop: tuple[str, ...] = ()) -> str:
     if "backend" in params:
         backend = params.pop("backend")
         head = f"{head}/{backend}" if head else str(backend)
-    rest = [f"{k}={v}" for k, v in sorted(params.items())]
-    return ", ".join(x for x in [head, *rest] if x) or "base"
+    rest = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+    if not head:
+        return rest or "base"
+    return f"{head} ({rest})" if rest else head
 
 
 def seconds(value: float) -> str:
@@ -57,6 +59,11 @@ def size(n_bytes: float) -> str:
             return f"{value:.3g} {unit}" if unit != "B" else f"{value:.0f} B"
         value /= 1024
     return f"{value:.3g} GiB"
+
+
+def count(n: int, noun: str) -> str:
+    """'1 case', '3 cases'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def ratio(value: float) -> str:

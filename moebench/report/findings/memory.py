@@ -18,6 +18,7 @@ from moebench.report.findings.describe import case_name, conditions, ratio, seve
 
 GROUP_KEYS = ("run", "workload.mode", "spec.dtype", "workload.tokens")
 FIGURE = "memory"
+MAX_NAMED = 4  # cases named in a sentence; the rest counted
 
 
 def peak_against_bound(df: pd.DataFrame) -> list[Finding]:
@@ -47,19 +48,29 @@ def _sentence(group: pd.DataFrame, name_run: bool) -> Finding:
     failed = excess > 0
     n = len(group)
     head = situation(group.iloc[0])
-    if failed.any():
+    if n == 1:
+        only = group.index[0]
+        verdict = "exceeded" if failed[only] else "stayed within"
+        sentence = (f"{head}: the measured peak {verdict} the analytic activation upper bound in its one case, "
+                    f"{case_name(group.at[only, 'case_params'])}: {_peak_and_bound(peak[only], bound[only])}")
+    elif failed.any():
         worst = excess.idxmax()
+        names = [case_name(p) for p in group.loc[failed[failed].index, "case_params"]]
+        which = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
         sentence = (f"{head}: the measured peak exceeded the analytic activation upper bound in {int(failed.sum())} "
-                    f"of {n} cases; the largest excess is {case_name(group.at[worst, 'case_params'])}, peak "
-                    f"{size(peak[worst])} against a bound of {size(bound[worst])} ({_times(peak[worst], bound[worst])} "
-                    "the bound)")
+                    f"of {n} cases ({which}); the largest excess is {case_name(group.at[worst, 'case_params'])}, "
+                    f"{_peak_and_bound(peak[worst], bound[worst])}")
     else:
         worst = (bound - peak).idxmax()
-        sentence = (f"{head}: the measured peak stayed within the analytic activation upper bound in all {n} "
-                    f"cases; the loosest is {case_name(group.at[worst, 'case_params'])}, peak {size(peak[worst])} "
-                    f"against a bound of {size(bound[worst])} ({size(bound[worst] - peak[worst])} to spare)")
+        sentence = (f"{head}: the measured peak stayed within the analytic activation upper bound in all {n} cases; "
+                    f"the loosest is {case_name(group.at[worst, 'case_params'])}, "
+                    f"{_peak_and_bound(peak[worst], bound[worst])}")
     return Finding(sentence + ".", FIGURE, conditions(group, name_run))
 
 
-def _times(a: float, b: float) -> str:
-    return ratio(a / b) if b > 0 else "?"
+def _peak_and_bound(peak: float, bound: float) -> str:
+    """'peak 10 MiB against a bound of 4 MiB (2.5× the bound)' or '(3 MiB to spare)'."""
+    text = f"peak {size(peak)} against a bound of {size(bound)}"
+    if peak > bound:
+        return text + (f" ({ratio(peak / bound)} the bound)" if bound > 0 else "")
+    return text + f" ({size(bound - peak)} to spare)"

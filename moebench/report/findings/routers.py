@@ -60,7 +60,7 @@ def _comparison(top_k: pd.Series, others: pd.DataFrame, name_run: bool) -> list[
     balance = column(others, "load_max_over_mean")
     order = cost.sort_values().index
     drop = ("backend",)
-    parts = [f"{case_name(others.at[i, 'case_params'], drop)} {ratio(cost[i])} the time, load max/mean "
+    parts = [f"{case_name(others.at[i, 'case_params'], drop)}: {ratio(cost[i])} the time, load max/mean "
              f"{_fmt_balance(balance[i])}" for i in order]
     k = int(top_k.get("spec.top_k") or 0) or "k"
     cond = conditions(pd.concat([top_k.to_frame().T, others]), name_run)
