@@ -25,7 +25,7 @@ def _measured(backend: str, peak_mib: float) -> dict:
                  metrics={"peak_bytes": peak_mib * MiB, "predicted_activation_bytes_upper": 4 * MiB})
 
 
-DENSE = timed("baseline=equal_active", {"baseline": "equal_active"}, 0.005, spec={"variant": "dense"})
+DENSE = timed("baseline=equal_active", {"baseline": "equal_active"}, 0.005, spec={"variant": "dense", "d_ff": 256})
 HASH = timed("variant=hash", {"variant": "hash", "backend": "sort_gather"}, 0.012, spec={"variant": "hash"},
              metrics={"load_max_over_mean": 1.5}, loads=LOADS)
 LIFELONG = [timed("variant=lifelong,expand=8", {"variant": "lifelong", "n_experts": 8, "expand": 8}, 0.03,

@@ -76,3 +76,12 @@ def test_a_layer_alone_without_a_baseline_and_synthetic_routings_make_no_sentenc
     assert fastest.text.startswith("forward, T=256, float32, d_model 64: the fastest of 2 routed layers is "
                                    "token_choice/sort_gather at 25.6k tokens/s")
     assert not missing.answered
+
+
+def test_a_layer_with_other_active_parameters_is_not_compared_with_the_equal_active_dense_ffn(tmp_path):
+    top_1 = timed("variant=sinkhorn,top_k=1", {"variant": "sinkhorn", "top_k": 1}, 0.001,
+                  spec={"variant": "sinkhorn", "top_k": 1})  # the fastest, but half the active width (128)
+    df = frame(tmp_path, [_layer("sort_gather", 0.01), _layer("grouped_mm", 0.008), top_1,
+                          _dense("equal_active", 0.005)], kind="throughput")  # dense width 256 = 2 x 128
+    (finding,) = fastest_backend(df)
+    assert "token_choice/grouped_mm at 32k tokens/s, 0.625× the dense FFN" in finding.text

@@ -3,9 +3,10 @@ relative to the dense FFN of equal active parameters (suite axis `baseline: equa
 of width K·F: the FLOPs per token of the routed layer without its routing); and, for the ci and quick
 suites, the spread between the fastest and the slowest hot path.
 
-Speeds are tokens/s at the median step latency (metric `tokens_per_s`). The dense baseline has no
-routing, so it is matched on run, dtype, T, mode and d_model only; the routed layers are also grouped
-by workload routing (a synthetic routing is not the router's speed)."""
+Speeds are tokens/s at the median step latency (metric `tokens_per_s`). A routed layer is compared with
+the dense baseline of the same run, dtype, T, mode, d_model and active width (K·F plus its shared experts'
+width: a top-1 layer is not compared with a top-2 layer's dense FFN). The dense FFN has no routing; the
+routed layers are also grouped by workload routing (a synthetic routing is not the router's speed)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from moebench.report.findings.describe import (
 )
 
 CONDITION_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.mode", "spec.d_model")
+MATCH_KEYS = (*CONDITION_KEYS, "active width")  # a routed layer and its equal-active dense FFN share these
 FIGURE = "throughput"
 
 
@@ -38,12 +40,22 @@ def keyed(df: pd.DataFrame) -> pd.DataFrame:
     rows["baseline"] = param(rows, "baseline")
     rows["dense"] = rows["baseline"].notna() | (text(rows, "spec.variant") == "dense")
     rows["peer"] = text(rows, "spec.variant") == "peer"  # memory-bound retrieval: not a dispatch backend
+    width = active_width(rows).where(~rows["dense"], column(rows, "spec.d_ff"))
+    rows["key active width"] = width.map(lambda w: f"{w:.0f}" if pd.notna(w) else "?")
     return rows
 
 
+def active_width(rows: pd.DataFrame) -> pd.Series:
+    """The FFN width each token passes through: K·F + shared·F_shared, the d_ff of the equal-active dense
+    FFN the suite builds (suite.py, baseline). A top-1 layer beside a top-2 baseline is not equal-active."""
+    d_ff = column(rows, "spec.d_ff")
+    shared = column(rows, "spec.shared_d_ff").fillna(d_ff)
+    return column(rows, "spec.top_k") * d_ff + column(rows, "spec.n_shared").fillna(0) * shared
+
+
 def fastest_backend(df: pd.DataFrame) -> list[Finding]:
-    """Per (run, dtype, T, mode, d_model, routing): the fastest routed layer, and its ratio to the dense
-    FFN of equal active parameters at the same run, dtype, T, mode and d_model when one ran."""
+    """Per (run, dtype, T, mode, d_model, active width, routing): the fastest routed layer, and its ratio to
+    the dense FFN of equal active parameters at the same run, dtype, T, mode and d_model when one ran."""
     if df.empty:
         return []
     rows = keyed(df)
@@ -54,11 +66,11 @@ def fastest_backend(df: pd.DataFrame) -> list[Finding]:
     baselines = rows[rows["baseline"] == "equal_active"]
     name_run = several_runs(df)
     found = []
-    group_keys = [f"key {k}" for k in (*CONDITION_KEYS, "workload.routing")]
+    group_keys = [f"key {k}" for k in (*MATCH_KEYS, "workload.routing")]
     for key, group in routed.groupby(group_keys, sort=False):
         best = group.loc[column(group, "tokens_per_s").idxmax()]
         match = baselines
-        for k, value in zip(CONDITION_KEYS, key, strict=False):
+        for k, value in zip(MATCH_KEYS, key, strict=False):
             match = match[match[f"key {k}"] == value]
         if len(group) > 1 or not match.empty:  # one layer and no baseline: nothing to compare it with
             found.append(_fastest_sentence(group, best, match, name_run))
