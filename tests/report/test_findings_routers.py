@@ -29,8 +29,8 @@ def test_each_router_is_priced_and_balanced_against_plain_top_k(tmp_path):
                          "time, load max/mean 1.50; token_choice (noisy_gating=True): 1.1× the time, load max/mean "
                          "1.10; expert_choice: 1.2× the time, load max/mean 1.00.")
     assert cost.figure == "throughput" and balance.figure == "expert_load"
-    assert balance.text == ("No router is both cheaper and better balanced than top-2; the cheapest is hash (0.8× the "
-                            "time) and the best balanced is expert_choice (load max/mean 1.00).")
+    assert balance.text == ("No router is both cheaper and better balanced than top-2; the cheapest is hash at 0.8× "
+                            "the time, and the best balanced is expert_choice at load max/mean 1.00.")
 
 
 def test_a_router_both_cheaper_and_better_balanced_is_named(tmp_path):
@@ -52,3 +52,10 @@ def test_without_top_k_the_routers_are_not_compared(tmp_path):
                           _router({"variant": "token_choice", "capacity_factor": 1.25}, 0.01, 1.0)], kind="routers")
     (finding,) = router_cost_and_balance(df)
     assert not finding.answered and finding.text.startswith("Routers are not compared with top-k")
+
+
+def test_a_balance_equal_to_top_k_as_printed_is_not_called_better(tmp_path):
+    df = frame(tmp_path, [TOP_K, _router({"variant": "gshard"}, 0.005, 1.198)], kind="routers")  # prints 1.20
+    cost, balance = router_cost_and_balance(df)
+    assert "gshard: 0.5× the time, load max/mean 1.20" in cost.text
+    assert balance.text.startswith("No router is both cheaper and better balanced than top-2")

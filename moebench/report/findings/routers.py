@@ -66,7 +66,8 @@ def _comparison(top_k: pd.Series, others: pd.DataFrame, name_run: bool) -> list[
     cond = conditions(pd.concat([top_k.to_frame().T, others]), name_run)
     first = Finding(f"Against plain top-{k} token choice ({seconds(base_latency)} per step, load max/mean "
                     f"{_fmt_balance(base_balance)}): " + "; ".join(parts) + ".", "throughput", cond)
-    better = [i for i in order if cost[i] < 1 and balance[i] < base_balance]
+    # judged on the numbers as printed: "1.12 is better balanced than 1.12" would read as false
+    better = [i for i in order if float(f"{cost[i]:.3g}") < 1 and round(balance[i], 2) < round(base_balance, 2)]
     if better:
         names = ", ".join(case_name(others.at[i, "case_params"], drop) for i in better)
         second = f"Both cheaper and better balanced than top-{k}: {names}."
@@ -74,10 +75,10 @@ def _comparison(top_k: pd.Series, others: pd.DataFrame, name_run: bool) -> list[
         cheapest = order[0]
         evenest = balance.idxmin() if balance.notna().any() else None
         second = (f"No router is both cheaper and better balanced than top-{k}; the cheapest is "
-                  f"{case_name(others.at[cheapest, 'case_params'], drop)} ({ratio(cost[cheapest])} the time)")
+                  f"{case_name(others.at[cheapest, 'case_params'], drop)} at {ratio(cost[cheapest])} the time")
         if evenest is not None:
-            second += (f" and the best balanced is {case_name(others.at[evenest, 'case_params'], drop)} "
-                       f"(load max/mean {_fmt_balance(balance[evenest])})")
+            second += (f", and the best balanced is {case_name(others.at[evenest, 'case_params'], drop)} at "
+                       f"load max/mean {_fmt_balance(balance[evenest])}")
         second += "."
     return [first, Finding(second, "expert_load", cond)]
 
