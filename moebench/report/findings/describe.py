@@ -45,6 +45,8 @@ def seconds(value: float) -> str:
 
 def rate(tokens_per_s: float) -> str:
     """14.7k tokens/s."""
+    if not math.isfinite(tokens_per_s):
+        return "? tokens/s"
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(tokens_per_s) >= scale:
             return f"{tokens_per_s / scale:.3g}{unit} tokens/s"
@@ -54,6 +56,8 @@ def rate(tokens_per_s: float) -> str:
 def size(n_bytes: float) -> str:
     """Binary units: 1.50 MiB."""
     value = float(n_bytes)
+    if not math.isfinite(value):
+        return "? bytes"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024 or unit == "GiB":
             return f"{value:.3g} {unit}" if unit != "B" else f"{value:.0f} B"

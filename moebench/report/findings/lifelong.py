@@ -25,9 +25,11 @@ def freezing_saving(df: pd.DataFrame) -> list[Finding]:
     if not expanding.any():
         return []
     rows = ok_cases(df)
+    rows = rows[(column(rows, "latency_s") > 0) & (column(rows, "spec.n_experts") > 0)]
     grown = rows[(text(rows, "spec.variant") == "lifelong") & (column(rows, "workload.expand") > 0)]
     if grown.empty:
-        return [Finding("The saving of freezing is not computed: no lifelong case that adds experts finished.",
+        return [Finding("The saving of freezing is not computed: no lifelong case that adds experts finished "
+                        "with a latency.",
                         FIGURE, answered=False)]
     full = rows[text(rows, "spec.variant") == "token_choice"]
     name_run = several_runs(df)

@@ -25,15 +25,17 @@ def peak_against_bound(df: pd.DataFrame) -> list[Finding]:
     if df.empty:
         return []
     rows = ok_cases(df)
-    measured = column(rows, "peak_bytes").notna() & column(rows, "predicted_activation_bytes_upper").notna()
+    # a negative peak or a bound of no bytes is not a measurement to judge a bound by
+    measured = (column(rows, "peak_bytes") >= 0) & (column(rows, "predicted_activation_bytes_upper") > 0)
     rows = rows[measured].copy()
     if rows.empty:
         if (df["status"] != "ok").all():
             return [Finding("The measured peak is not compared with the analytic activation bound: no case "
                             "finished.", FIGURE, answered=False)]
         if column(df, "peak_bytes").notna().any():
-            return [Finding("The measured peak is not compared with the analytic activation bound: no case "
-                            "with peak_bytes records predicted_activation_bytes_upper.", FIGURE, answered=False)]
+            return [Finding("The measured peak is not compared with the analytic activation bound: no finished "
+                            "case records both a peak_bytes >= 0 and a predicted_activation_bytes_upper > 0.",
+                            FIGURE, answered=False)]
         return []  # memory was not measured in this run: nothing to say
     for key in GROUP_KEYS:
         rows[f"key {key}"] = text(rows, key, "?")

@@ -25,8 +25,12 @@ def plain_top_k(rows: pd.DataFrame) -> pd.Series:
     """True for plain top-k token choice: the reference every other router is measured against."""
     capacity = column(rows, "spec.capacity_factor")
     noisy = text(rows, "spec.noisy_gating", "False").str.lower() == "true"
-    special = param(rows, "granularity").notna() | param(rows, "preset").notna() | param(rows, "baseline").notna()
-    return (text(rows, "spec.variant") == "token_choice") & ~noisy & capacity.isna() & ~special
+    return (text(rows, "spec.variant") == "token_choice") & ~noisy & capacity.isna() & ~_other_layer(rows)
+
+
+def _other_layer(rows: pd.DataFrame) -> pd.Series:
+    """A model preset, a granularity or a dense baseline: another layer, not another router."""
+    return param(rows, "granularity").notna() | param(rows, "preset").notna() | param(rows, "baseline").notna()
 
 
 def router_cost_and_balance(df: pd.DataFrame) -> list[Finding]:
@@ -42,7 +46,7 @@ def router_cost_and_balance(df: pd.DataFrame) -> list[Finding]:
     found = []
     for _, group in rows.groupby([f"key {k}" for k in GROUP_KEYS], sort=False):
         reference = group[plain_top_k(group)]
-        others = group[~plain_top_k(group)]
+        others = group[~plain_top_k(group) & ~_other_layer(group)]
         if reference.empty or others.empty:
             continue
         found += _comparison(reference.iloc[0], others, several_runs(df))
@@ -67,6 +71,9 @@ def _comparison(top_k: pd.Series, others: pd.DataFrame, name_run: bool) -> list[
     first = Finding(f"Against plain top-{k} token choice ({seconds(base_latency)} per step, load max/mean "
                     f"{_fmt_balance(base_balance)}): " + "; ".join(parts) + ".", "throughput", cond)
     # judged on the numbers as printed: "1.12 is better balanced than 1.12" would read as false
+    if not math.isfinite(base_balance):
+        return [first, Finding(f"Balance is not judged against top-{k}: its case records no load_max_over_mean.",
+                               "expert_load", cond, answered=False)]
     better = [i for i in order if float(f"{cost[i]:.3g}") < 1 and round(balance[i], 2) < round(base_balance, 2)]
     if better:
         names = ", ".join(case_name(others.at[i, "case_params"], drop) for i in better)

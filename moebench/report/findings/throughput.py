@@ -34,7 +34,7 @@ FIGURE = "throughput"
 def keyed(df: pd.DataFrame) -> pd.DataFrame:
     """The finished cases with a speed, with text columns to group on and `dense` marking baselines."""
     rows = ok_cases(df)
-    rows = rows[column(rows, "tokens_per_s") > 0].copy()
+    rows = rows[(column(rows, "tokens_per_s") > 0) & (column(rows, "latency_s") > 0)].copy()
     for key in (*CONDITION_KEYS, "workload.routing"):
         rows[f"key {key}"] = text(rows, key, "?")
     rows["baseline"] = param(rows, "baseline")
@@ -106,7 +106,7 @@ def _fastest_sentence(group: pd.DataFrame, best: pd.Series, baselines: pd.DataFr
         sentence += (f", {ratio(speed / float(dense['tokens_per_s']))} the dense FFN of equal active parameters "
                      f"({rate(float(dense['tokens_per_s']))})")
         rows = pd.concat([group, baselines.loc[[dense.name]]])
-    elif len(group) > 1:
+    elif len(group) > 1 and column(group, "tokens_per_s").nunique() > 1:
         slowest = group.loc[column(group, "tokens_per_s").idxmin()]
         sentence += (f"; the slowest, {case_name(slowest['case_params'])}, reaches "
                      f"{rate(float(slowest['tokens_per_s']))}")
