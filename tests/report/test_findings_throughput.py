@@ -28,12 +28,13 @@ def test_the_fastest_routed_layer_is_named_with_its_ratio_to_the_equal_active_de
     ], kind="throughput")
     f32, bf16 = fastest_backend(df)
     # 256 tokens / 0.008 s = 32000 tokens/s; dense: 256 / 0.005 = 51200; ratio 0.625
-    assert f32.text == ("forward, T=256, float32, d_model 64: the fastest of 3 routed layers is "
-                        "token_choice/grouped_mm at 32k tokens/s, 0.625× the dense FFN of equal "
-                        "active parameters (51.2k tokens/s).")
+    assert f32.text == ("forward, T=256, float32, d_model 64: the fastest of 3 routed layers with "
+                        "active width 256 (K·F + shared) is token_choice/grouped_mm at 32k tokens/s, 0.625× "
+                        "the dense FFN of equal active parameters (51.2k tokens/s).")
     assert f32.answered and f32.figure == "throughput"
     assert f32.conditions == "float32; T=256; forward; 2 threads; cpu timer"
-    assert "the only routed layer is token_choice/sort_gather" in bf16.text and "0.5× the dense FFN" in bf16.text
+    assert "the only routed layer with active width 256 (K·F + shared) is token_choice/sort_gather" in bf16.text
+    assert "0.5× the dense FFN" in bf16.text
     assert bf16.conditions.startswith("bfloat16; T=256")
 
 

@@ -98,7 +98,8 @@ def _fastest_sentence(group: pd.DataFrame, best: pd.Series, baselines: pd.DataFr
     if best["key workload.routing"] not in ("router", "?"):
         head += f", {best['key workload.routing']} routing"
     speed = float(best["tokens_per_s"])
-    of = f"the fastest of {len(group)} routed layers" if len(group) > 1 else "the only routed layer"
+    width = f" with active width {best['key active width']} (K·F + shared)" if not baselines.empty else ""
+    of = f"the fastest of {len(group)} routed layers{width}" if len(group) > 1 else f"the only routed layer{width}"
     sentence = f"{head}: {of} is {case_name(best['case_params'])} at {rate(speed)}"
     rows = group
     if not baselines.empty:
