@@ -65,3 +65,12 @@ def test_a_report_whose_cases_all_failed_renders_and_its_findings_say_they_canno
     path = write_run(tmp_path / f"{kind}.jsonl", failed, kind=kind, suite=kind)
     section = _findings_section(make_report([path], tmp_path / "r.html").read_text())
     assert '<li class="unanswered">' in section and "<li>" not in section
+
+
+def test_each_finder_reads_only_the_runs_whose_kind_calls_for_it(tmp_path):
+    throughput = write_run(tmp_path / "t.jsonl", SHAPED["throughput"], kind="throughput", suite="throughput")
+    ci = write_run(tmp_path / "ci.jsonl", SHAPED["ci"], kind="ci", suite="ci")
+    section = _findings_section(make_report([throughput, ci], tmp_path / "r.html").read_text())
+    assert "hot paths" in section and "the dense FFN of equal active parameters" in section
+    assert "No dense FFN of equal active parameters" not in section  # the ci run is no throughput run
+    assert section.count("hot paths") == 1  # and the throughput run no ci run

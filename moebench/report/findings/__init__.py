@@ -51,12 +51,13 @@ FINDINGS_BY_KIND: dict[str, tuple[str, ...]] = {
 
 
 def findings_for(df: pd.DataFrame, kinds: Iterable[str]) -> list[Finding]:
-    """The findings the given suite kinds call for, in FINDERS order."""
-    wanted: set[str] = set()
-    for kind in kinds:
-        wanted |= set(FINDINGS_BY_KIND.get(kind, FINDERS))
+    """The findings the given suite kinds call for, in FINDERS order. Each finder reads only the rows of
+    the runs whose kind calls for it (df's `kind` column): a ci run beside a throughput run is not
+    searched for a throughput run's dense baseline."""
+    kinds = list(dict.fromkeys(kinds))
     found: list[Finding] = []
     for name, finder in FINDERS.items():
-        if name in wanted:
-            found += finder(df)
+        wanting = [kind for kind in kinds if name in FINDINGS_BY_KIND.get(kind, FINDERS)]
+        if wanting:
+            found += finder(df[df["kind"].isin(wanting)] if "kind" in df else df)
     return found
