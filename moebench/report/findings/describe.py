@@ -65,11 +65,6 @@ def size(n_bytes: float) -> str:
     return f"{value:.3g} GiB"
 
 
-def count(n: int, noun: str) -> str:
-    """'1 case', '3 cases'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def ratio(value: float) -> str:
     """2.35×; '?' when not a number."""
     return f"{value:.3g}×" if math.isfinite(value) else "?"
