@@ -54,7 +54,7 @@ def test_smallest_cf_under_1_and_5_percent_per_distribution(tmp_path):
     # the policies agree, so neither is named
     assert cf.text == ("E=8, K=2: the smallest capacity factor with drops under 1% / under 5% is uniform 1.5 / 1.25; "
                        "zipf none under 5% up to CF 2.0.")
-    assert cf.conditions == "float32, T=4096, 2 threads, cpu"
+    assert cf.conditions == "float32, T=4096, forward, 2 threads, cpu timer, device cpu"
     # by hand: the largest |measured - expected| is 1 pp, at CF 0.5 (the first of the ties); both policies
     # dropped the same there, so neither is named
     assert gap.text == ("Measured uniform-routing drops lie within 1.00 percentage points of the binomial "

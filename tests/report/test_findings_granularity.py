@@ -30,7 +30,7 @@ def test_first_g_past_a_quarter_and_a_half_of_the_layer(tmp_path):
     assert share.answered and share.figure == "routing_tax"
     assert "more than 25% of the summed phase time first at G=4 (30.0%)" in share.text
     assert "more than 50% first at G=8 (55.0%)" in share.text
-    assert share.conditions == "float32, T=2048, 2 threads, cpu"
+    assert share.conditions == "float32, T=2048, forward, 2 threads, cpu timer, device cpu"
     # 2000 / 8000 tokens/s
     assert throughput.answered and "throughput at G=16 is 0.25× that at G=1" in throughput.text
     assert "2,000 against 8,000 tokens/s" in throughput.text
@@ -68,8 +68,8 @@ def test_every_dtype_and_run_gets_its_own_findings(tmp_path):
     _, df = load_runs([first, second])
     found = [f for f in findings_for(df, ["granularity"]) if f.figure == "routing_tax"]  # not the ratios'
     assert [f.text.split(":")[0] for f in found] == ["float32"] * 2 + ["bfloat16"] * 2 + ["float32"] * 2
-    assert found[0].conditions == "run cpu, float32, T=2048, 2 threads, cpu"
-    assert found[-1].conditions == "run gpu, float32, T=2048, 2 threads, cuda"
+    assert found[0].conditions == "run cpu, float32, T=2048, forward, 2 threads, cpu timer, device cpu"
+    assert found[-1].conditions == "run gpu, float32, T=2048, forward, 2 threads, cpu timer, device cuda"
     assert FINDINGS_BY_KIND["granularity"] == ("granularity",)
 
 

@@ -34,7 +34,7 @@ def test_product_keys_beat_brute_force_from_the_crossover_n(tmp_path):
     assert crossover.text == ("heads=4, k=8, D=64, d_key=32: product keys beat brute force from N=4,096 on (brute "
                               "force faster below; measured N=1,024 to 16,384): 2.0× faster at N=4,096, 5.0× at "
                               "N=16,384.")
-    assert crossover.conditions == "float32, T=256, 2 threads, cpu"
+    assert crossover.conditions == "float32, T=256, forward, 2 threads, cpu timer, device cpu"
     # at N=16384, one configuration: product keys 4.00 ms and brute force 20.0 ms, floor 1 ms: 25% and 5%
     assert largest.text == ("At the largest N measured (16,384; heads=4, k=8, D=64, d_key=32, dtype=float32), latency "
                             "per step against the bandwidth floor: product keys: 4.00 ms against 1.00 ms (25% of "

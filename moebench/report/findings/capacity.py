@@ -13,7 +13,8 @@ from __future__ import annotations
 import pandas as pd
 
 from moebench.report.data import column
-from moebench.report.findings import Finding, conditions_text
+from moebench.report.findings.base import Finding
+from moebench.report.findings.describe import conditions
 
 FIGURE = "drops"
 DROP_LIMITS = (0.01, 0.05)  # drop rates a reader asks the smallest CF for
@@ -27,7 +28,7 @@ def capacity_findings(df: pd.DataFrame) -> list[Finding]:
     ok = d[(d["status"] == "ok") & d["drop rate"].notna()]
     if ok.empty:
         return [Finding(f"Every capacity case ({len(d)}) failed or has no drop rate: no capacity factor can be "
-                        "named.", FIGURE, conditions_text(d), answered=False)]
+                        "named.", FIGURE, conditions(d), answered=False)]
     name_run = df["run"].nunique() > 1
     found = [_smallest_cf_finding(rows, name_run) for _, rows in d.groupby(["run", "E", "K", "T"], sort=False)]
     found.append(_uniform_gap_finding(ok, name_run))
@@ -82,7 +83,7 @@ def _smallest_cf_finding(rows: pd.DataFrame, name_run: bool) -> Finding:
         answered |= any(not a.startswith("no finished") for a in answers.values())
     limits = " / ".join(f"under {limit:.0%}" for limit in DROP_LIMITS)
     text = f"{_ek(rows)}: the smallest capacity factor with drops {limits} is " + "; ".join(parts) + "."
-    return Finding(text, FIGURE, conditions_text(rows, name_run), answered=answered)
+    return Finding(text, FIGURE, conditions(rows, name_run), answered=answered)
 
 
 def _smallest_cfs(series: pd.DataFrame) -> str:
@@ -116,7 +117,7 @@ def _uniform_gap_finding(ok: pd.DataFrame, name_run: bool) -> Finding:
     uniform = uniform[uniform["expected"].notna()]
     if uniform.empty:
         return Finding("Measured drops cannot be set against the binomial expectation: no finished case used "
-                       "uniform routing with its expectation recorded.", FIGURE, conditions_text(ok, name_run),
+                       "uniform routing with its expectation recorded.", FIGURE, conditions(ok, name_run),
                        answered=False)
     gap = uniform["drop rate"] - uniform["expected"]
     at = uniform.loc[gap.abs().idxmax()]
@@ -126,7 +127,7 @@ def _uniform_gap_finding(ok: pd.DataFrame, name_run: bool) -> Finding:
     text = (f"Measured uniform-routing drops lie within {abs(gap[at.name]) * 100:.2f} percentage points of the "
             f"binomial expectation over {len(uniform)} cases; the largest gap is at {where} "
             f"({at['drop rate']:.2%} measured against {at['expected']:.2%} expected).")
-    return Finding(text, FIGURE, conditions_text(uniform, name_run))
+    return Finding(text, FIGURE, conditions(uniform, name_run))
 
 
 # --- dropped routing-weight mass per drop policy ----------------------------------------------------
@@ -155,4 +156,4 @@ def _policy_weight_findings(ok: pd.DataFrame, name_run: bool) -> list[Finding]:
             f"the probs policy drops {probs.mean():.2%} of the routing-weight mass and the position policy "
             f"{position.mean():.2%} (means); the widest difference is {routing} at E={int(e)}, K={int(k)}: "
             f"{probs[widest]:.2%} against {position[widest]:.2%}.")
-    return [Finding(text, FIGURE, conditions_text(ok[ok["CF"] == EQUAL_CF], name_run))]
+    return [Finding(text, FIGURE, conditions(ok[ok["CF"] == EQUAL_CF], name_run))]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 from moebench.report.data import column
-from moebench.report.findings import Finding, conditions_text
+from moebench.report.findings.base import Finding
+from moebench.report.findings.describe import conditions
 
 FIGURE = "routing_tax"
 ROUTING_PHASES = ("router", "dispatch", "combine")
@@ -26,7 +27,7 @@ def granularity_findings(df: pd.DataFrame) -> list[Finding]:
     found: list[Finding] = []
     for rows in _series(d):
         name = _series_name(rows)
-        cond = conditions_text(rows, name_run=df["run"].nunique() > 1)
+        cond = conditions(rows, name_run=df["run"].nunique() > 1)
         found.append(_routing_share_finding(rows, name, cond))
         found.append(_throughput_finding(rows, name, cond))
     return found

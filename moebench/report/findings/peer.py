@@ -12,7 +12,8 @@ from __future__ import annotations
 import pandas as pd
 
 from moebench.report.data import column
-from moebench.report.findings import Finding, conditions_text
+from moebench.report.findings.base import Finding
+from moebench.report.findings.describe import conditions
 
 FIGURE = "peer"
 CONFIG = ("spec.peer_heads", "spec.peer_k", "spec.d_model", "spec.d_key", "spec.dtype", "workload.tokens",
@@ -31,7 +32,7 @@ def peer_findings(df: pd.DataFrame) -> list[Finding]:
     d = peer[(peer["status"] == "ok") & (column(peer, "latency_s") > 0) & peer["N"].notna()]
     if d.empty:
         return [Finding(f"Every PEER case ({len(peer)}) failed or has no latency: nothing to compare.",
-                        FIGURE, conditions_text(peer), answered=False)]
+                        FIGURE, conditions(peer), answered=False)]
     name_run = df["run"].nunique() > 1
     return [*_crossover_findings(d, name_run), *_largest_n_findings(d, name_run)]
 
@@ -69,11 +70,11 @@ def _crossover_findings(d: pd.DataFrame, name_run: bool) -> list[Finding]:
         if both.empty:
             continue
         speedup = brute[both] / product[both]  # > 1: product keys faster
-        cond = conditions_text(rows, name_run)
+        cond = conditions(rows, name_run)
         found.append(Finding(f"{rows['config'].iloc[0]}: {_crossover_text(speedup)}.", FIGURE, cond))
     if not found:
         found.append(Finding("Product keys and brute force cannot be compared: no N has both with the same heads, "
-                             "k, D, d_key, dtype and T.", FIGURE, conditions_text(d, name_run), answered=False))
+                             "k, D, d_key, dtype and T.", FIGURE, conditions(d, name_run), answered=False))
     return found
 
 
@@ -115,7 +116,7 @@ def _largest_n_findings(d: pd.DataFrame, name_run: bool) -> list[Finding]:
                      for _, r in at.iterrows()]
             text = (f"At the largest N measured ({int(n_max):,}; {shared}), latency per step against the bandwidth "
                     "floor: " + "; ".join(parts) + ".")
-        found.append(Finding(text, FIGURE, conditions_text(at, name_run)))
+        found.append(Finding(text, FIGURE, conditions(at, name_run)))
     return found
 
 

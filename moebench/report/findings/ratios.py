@@ -8,7 +8,7 @@ import pandas as pd
 
 from moebench.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 from moebench.report.fig_ratios import Comparison, comparisons, count_of_cases
-from moebench.report.findings import Finding
+from moebench.report.findings.base import Finding
 
 
 def ratio_findings(df: pd.DataFrame) -> list[Finding]:

@@ -1,0 +1,41 @@
+"""Lifelong findings: the step time and optimizer state freezing saves against full fine-tuning."""
+
+from __future__ import annotations
+
+from findings_records import frame, timed
+
+from moebench.report.findings.lifelong import freezing_saving
+
+MiB = 2**20
+
+
+def _lifelong(experts: int, expand: int, latency: float, state_mib: float) -> dict:
+    return timed(f"variant=lifelong,n_experts={experts},expand={expand}",
+                 {"variant": "lifelong", "n_experts": experts, "expand": expand}, latency, mode="train_step",
+                 expand=expand, spec={"variant": "lifelong", "n_experts": experts},
+                 metrics={"optimizer_state_bytes": state_mib * MiB})
+
+
+FULL = timed("variant=token_choice,n_experts=16", {"variant": "token_choice", "n_experts": 16}, 0.04,
+             mode="train_step", spec={"n_experts": 16}, metrics={"optimizer_state_bytes": 4 * MiB})
+
+
+def test_freezing_saves_step_time_and_optimizer_state_against_full_fine_tuning(tmp_path):
+    df = frame(tmp_path, [_lifelong(8, 8, 0.03, 1), _lifelong(12, 4, 0.044, 3), FULL], kind="lifelong")
+    half, quarter = freezing_saving(df)
+    # 1 - 0.03/0.04 = 25% less time; 1 - 1/4 = 75% less state
+    assert half.text == ("Freezing the 8 old experts of a layer grown to 16 (lifelong, expand 8) takes 30 ms per step "
+                         "against 40 ms for fine-tuning all 16 in full (25% less) and holds 1 MiB of optimizer state "
+                         "against 4 MiB (75% less).")
+    assert "(10% more)" in quarter.text and "3 MiB of optimizer state against 4 MiB (25% less)" in quarter.text
+    assert half.answered and half.figure == "throughput" and "train_step" in half.conditions
+
+
+def test_without_a_layer_of_the_same_size_the_saving_is_not_computed(tmp_path):
+    df = frame(tmp_path, [_lifelong(8, 4, 0.03, 1), FULL], kind="lifelong")  # grown to 12, reference has 16
+    (finding,) = freezing_saving(df)
+    assert not finding.answered and "no full fine-tuning of a token_choice layer with 12 experts" in finding.text
+
+
+def test_a_run_without_lifelong_cases_has_no_lifelong_finding(tmp_path):
+    assert freezing_saving(frame(tmp_path, [FULL], kind="lifelong")) == []
