@@ -123,3 +123,9 @@ def test_a_capacity_report_opens_with_its_findings_linked_to_the_drops_figure(tm
     assert "uniform 1.5 / 1.25; zipf none under 5% up to CF 2.0." in findings_part
     assert findings_part.count('<a href="#fig-drops">[figure]</a>') == 2
     assert '<h2 id="fig-drops">' in html
+
+
+def test_a_distribution_under_5_but_never_under_1_percent_reads_as_two_answers(tmp_path):
+    khot = (0.5, 0.2, 0.04, 0.03, 0.02)  # under 5% from CF 1.25, never under 1% up to CF 2.0
+    cf, _ = findings(tmp_path, [*uniform_series(), *series("khot", khot)])
+    assert "khot (none up to CF 2.0) / 1.25; uniform 1.5 / 1.25." in cf.text

@@ -87,7 +87,7 @@ def _smallest_cf_finding(rows: pd.DataFrame, name_run: bool) -> Finding:
 
 
 def _smallest_cfs(series: pd.DataFrame) -> str:
-    """'1.5 / 1.25', 'none up to CF 2.0 / 1.5': one answer per limit, from the finished cases; a
+    """'1.5 / 1.25', '(none up to CF 2.0) / 1.5': one answer per limit, from the finished cases; a
     failed case at a smaller CF than the answer is said, since the answer could be that CF."""
     done = series[(series["status"] == "ok") & series["drop rate"].notna()]
     if done.empty:
@@ -98,13 +98,14 @@ def _smallest_cfs(series: pd.DataFrame) -> str:
     for limit in DROP_LIMITS:
         under = by_cf[by_cf < limit]
         cf = under.index[0] if not under.empty else None
-        answer = _cf(cf) if cf is not None else f"none up to CF {_cf(by_cf.index.max())}"
+        # in brackets: "uniform (none up to CF 1.0) / 1.0" must not read as two numbers for one limit
+        answer = _cf(cf) if cf is not None else f"(none up to CF {_cf(by_cf.index.max())})"
         if cf is not None and cf == series["CF"].min():
             answer += " (the smallest measured)"  # a smaller CF, not run, could do too
         unsure = [f for f in failed if cf is None or f < cf]
         answers.append(answer + (f" (CF {', '.join(_cf(f) for f in unsure)} failed)" if unsure else ""))
-    if len(set(answers)) == 1 and answers[0].startswith("none up to"):  # not even under the loosest limit
-        return f"none under {max(DROP_LIMITS):.0%}" + answers[0].removeprefix("none")
+    if len(set(answers)) == 1 and answers[0].startswith("(none up to"):  # not even under the loosest limit
+        return f"none under {max(DROP_LIMITS):.0%}" + answers[0].removeprefix("(none").removesuffix(")")
     return " / ".join(answers)
 
 
