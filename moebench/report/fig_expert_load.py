@@ -22,8 +22,10 @@ MAX_HEIGHT_IN = 36.0  # 2880 px at the report's 80 DPI
 ROW_IN, PANEL_IN = 0.24, 0.9  # a heatmap row (its 7 pt label fits), and a panel's title and axis
 MIN_PANEL_ROWS = 2
 # averaged over first, in this order, when a panel has too many rows: the axes that change how
-# many assignments are kept, not which experts the router favours
-AVERAGE_FIRST = ("capacity_factor", "drop_policy", "expert_capacity_c", "min_capacity", "seed", "tokens", "batch")
+# many assignments are kept, not which experts the router favours. The drop policy comes first: it
+# changes which assignments an expert keeps, never how many (min(routed, C) either way), so its rows
+# are equal and averaging them loses nothing.
+AVERAGE_FIRST = ("drop_policy", "capacity_factor", "expert_capacity_c", "min_capacity", "seed", "tokens", "batch")
 ROW = "heatmap row"  # Plot.data column: the label of the row a case is drawn in
 
 
@@ -108,15 +110,12 @@ class _Panel:
 
 
 def _panel(g: pd.DataFrame, limit: int) -> _Panel:
-    """One row per case when they fit in `limit`; otherwise average over the axes of
-    AVERAGE_FIRST, then over the axes with the most values, until they fit."""
+    """One row per case when they fit in `limit`; otherwise average over as few axes as will do:
+    one axis alone (in AVERAGE_FIRST order, then the axes with the most values), else the first two
+    of that order together, and so on."""
     params = [dict(p) if isinstance(p, dict) else {} for p in g["case_params"]]
     runs = list(g["run label"]) if g["run"].nunique() > 1 else [""] * len(g)
-    averaged = []
-    for axis in _averaging_order(params):
-        if len({_key(p, r, averaged) for p, r in zip(params, runs, strict=True)}) <= limit:
-            break
-        averaged.append(axis)
+    averaged = _axes_to_average(params, runs, limit)
     keys = [_key(p, r, averaged) for p, r in zip(params, runs, strict=True)]
     shown = [{k: v for k, v in p.items() if k not in averaged} for p in params]
     labels = dict(zip(keys, _row_labels(shown, runs), strict=True))  # the same key gets the same label
@@ -134,6 +133,22 @@ def _panel(g: pd.DataFrame, limit: int) -> _Panel:
     title = rows_of + ", ".join(f"{a} ({_count(params, a)} values)" for a in averaged)
     description = rows_of + "the cases that differ only in " + ", ".join(_values(params, a) for a in averaged)
     return _Panel(grid, [names[k] for k in keys], title, description)
+
+
+def _axes_to_average(params: list[dict], runs: list[str], limit: int) -> list[str]:
+    def rows(averaged: list[str]) -> int:
+        return len({_key(p, r, averaged) for p, r in zip(params, runs, strict=True)})
+
+    order = _averaging_order(params)
+    if rows([]) <= limit:
+        return []
+    for axis in order:
+        if rows([axis]) <= limit:
+            return [axis]
+    for n in range(2, len(order) + 1):
+        if rows(order[:n]) <= limit:
+            return order[:n]
+    return order
 
 
 def _averaging_order(params: list[dict]) -> list[str]:

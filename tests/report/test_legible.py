@@ -164,3 +164,16 @@ def test_load_vectors_the_heatmap_cannot_divide_by_their_mean_are_left_out_and_t
     _, df = load_runs([path])
     assert list(plots.expert_load(df).data["case_id"]) == ["fine"]
     assert "expert_load.png" in make_report([path], tmp_path / "r.html").read_text()
+
+
+def test_a_suite_sized_capacity_run_merges_only_the_two_policies_whose_kept_loads_are_equal(tmp_path):
+    # the bundled suite's shape: 5 CF x 2 K x 5 routings x 2 policies = 100 cases per E, too many rows;
+    # an expert keeps min(routed, C) under either policy, so merging the policies alone loses nothing
+    run = write_run(tmp_path / "capacity.jsonl", capacity_cases((0.5, 1.0, 1.25, 1.5, 2.0)), kind="capacity",
+                    suite="capacity")
+    _, df = load_runs([run])
+    plot = plots.expert_load(df)
+    titles = [ax.get_title() for ax in plot.figure.axes[:2]]
+    assert titles == [f"E = {E} experts: 100 cases in 50 rows, each the mean over drop_policy (2 values)"
+                      for E in (8, 64)]
+    assert set(plot.data.groupby(["E", "heatmap row"])["case_id"].nunique()) == {2}
