@@ -125,6 +125,24 @@ def layer_flops_per_token(spec: LayerSpec, training: bool = False) -> dict[str, 
             "shared": shared}
 
 
+def layer_computed_flops(spec: LayerSpec, n_tokens: int, expert_rows: float, training: bool = False) -> float:
+    """FLOPs of the work that really ran in one step: layer_flops_per_token over the step, with the
+    experts' part counted over the `expert_rows` rows the experts multiplied instead of T*K_eff.
+
+    `flops` stays the useful work (every assignment computed once); this differs where a capacity
+    drops assignments (fewer rows: kept assignments only) or a padded backend computes E*C slots,
+    empty ones included (more rows). frac_of_ceiling divides this work, not the useful work, by the
+    latency: a layer that drops a third of its assignments must not read as beating the GEMM ceiling.
+    Dense and PEER layers compute what they count: their `flops`.
+    """
+    per_token = layer_flops_per_token(spec, training=training)
+    forward = sum(per_token.values()) * n_tokens
+    if spec.is_routed and spec.variant != "peer":
+        per_row = per_token["experts"] / experts_per_token(spec)
+        forward += (expert_rows - n_tokens * experts_per_token(spec)) * per_row
+    return forward * (3 if training else 1)  # backward ~ 2x forward, as `flops`
+
+
 def expected_experts_touched(n_experts: int, n_tokens: int, per_token: float) -> float:
     """Distinct experts hit by T tokens routing uniformly: E * (1 - (1 - K/E)^T).
 

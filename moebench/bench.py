@@ -125,6 +125,8 @@ def run_case(case: Case, device: str, threads: int) -> dict[str, Any]:
     if stats is not None and stats.capacity:
         # padded capacity buffers: the fraction of the E*C slots that hold no assignment
         metrics["padding_waste"] = 1 - stats.kept_load_E.sum().item() / (stats.load_E.numel() * stats.capacity)
+    metrics["computed_flops"] = accounting.layer_computed_flops(spec, n_tokens, _expert_rows(spec, stats, n_tokens),
+                                                                training)
 
     if plan.phases and graph_step is None:  # a replayed graph has no phases to time
         breakdown = phase_breakdown(step, device, repeats=5, setup=setup)
@@ -248,6 +250,19 @@ def _throughput_metrics(spec, latency: float, n_tokens: int, training: bool) -> 
             "flops_per_s": flops / latency}
 
 
+def _expert_rows(spec, stats, n_tokens: int) -> float:
+    """Rows the experts multiplied in the statistics forward: every E*C slot of a padded backend
+    (empty ones compute on zeros; dropless padded sizes C by the busiest expert), else the kept
+    assignments. Without statistics, every assignment (T*K_eff)."""
+    if stats is None:
+        return n_tokens * accounting.experts_per_token(spec)
+    kept = stats.kept_load_E
+    if spec.backend == "padded" and kept.numel():
+        slots = stats.capacity if stats.capacity else int(kept.max().item())
+        return kept.numel() * slots
+    return float(kept.sum().item())
+
+
 def _ceiling_metrics(spec, device: str, metrics: dict, n_tokens: int, training: bool,
                      timer) -> dict[str, Any]:
     """The same run's ceiling: a dense GEMM of the same shapes (compute-bound layers) and the
@@ -270,7 +285,10 @@ def _ceiling_metrics(spec, device: str, metrics: dict, n_tokens: int, training: 
         rate = (bytes_moved.get("dispatch", 0.0) + bytes_moved.get("combine", 0.0)) / moved
         out.update(dispatch_bytes_per_s=rate, dispatch_frac_of_bandwidth=rate / bandwidth)
     ceiling = dense_ffn_rate(spec, n_tokens, device, training, timer)
-    expert_flops = accounting.layer_flops_per_token(spec, training)["experts"] * n_tokens * (3 if training else 1)
+    # the expert work that ran (computed_flops less the other parts): dropped assignments are not credited,
+    # a padded backend's empty slots are
+    useful_experts = accounting.layer_flops_per_token(spec, training)["experts"] * n_tokens * (3 if training else 1)
+    expert_flops = useful_experts + metrics.get("computed_flops", metrics["flops"]) - metrics["flops"]
     achieved = expert_flops / metrics["latency_s"]
     out.update(ceiling_flops_per_s=ceiling, frac_of_ceiling=achieved / ceiling if ceiling > 0 else None)
     return out

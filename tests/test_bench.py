@@ -1,5 +1,6 @@
 """One case measured for real: the metric contract, forced routing, phases adding up."""
 
+import math
 import os
 import shutil
 import time
@@ -224,3 +225,29 @@ def test_the_triton_backend_records_the_interpreter_on_cpu():
     spec = LayerSpec(d_model=16, d_ff=16, n_experts=2, top_k=1, backend="triton")
     assert code_of(spec, tokens=8) == {"sort": "torch", "experts": "triton_interpreter",
                                        "swiglu": "triton_interpreter", "combine": "torch"}
+
+
+@pytest.mark.parametrize("backend", ["sort_gather", "padded"])
+def test_computed_flops_count_the_rows_the_experts_multiplied(backend):
+    """Useful `flops` count every assignment once; `computed_flops` the kept ones (sort_gather) or every
+    E*C slot, empty ones included (padded); frac_of_ceiling credits the expert work that ran."""
+    T, E, K, D, F = 64, 4, 2, 32, 64
+    spec = LayerSpec(d_model=D, d_ff=F, n_experts=E, top_k=K, capacity_factor=0.5, backend=backend)
+    case = Case("c", {}, spec, Workload(tokens=T, routing="zipf", routing_params={"alpha": 1.5}),
+                MeasurePlan(warmup=1, min_samples=3, max_samples=3, budget_s=0.05))
+    metrics = run_case(case, "cpu", threads=1)["metrics"]
+    per_row = 2 * 3 * D * F  # swiglu: gate, up and down matrices, multiply-add = 2
+    C = math.ceil(0.5 * T * K / E)
+    kept = round(T * K * (1 - metrics["drop_rate"]))
+    rows = E * C if backend == "padded" else kept
+    assert metrics["drop_rate"] > 0
+    assert metrics["computed_flops"] == pytest.approx(metrics["flops"] - (T * K - rows) * per_row)
+    rate = (T * K * per_row + metrics["computed_flops"] - metrics["flops"]) / metrics["latency_s"]
+    assert metrics["frac_of_ceiling"] == pytest.approx(rate / metrics["ceiling_flops_per_s"])
+
+
+def test_computed_flops_of_a_dropless_layer_are_its_flops():
+    spec = LayerSpec(d_model=32, d_ff=64, n_experts=4, top_k=2, backend="grouped_mm")
+    case = Case("c", {}, spec, Workload(tokens=32), MeasurePlan(warmup=1, min_samples=3, max_samples=3, budget_s=0.05))
+    metrics = run_case(case, "cpu", threads=1)["metrics"]
+    assert metrics["computed_flops"] == pytest.approx(metrics["flops"])

@@ -29,7 +29,8 @@ def roofline_cases(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """The cases a roofline can place, with "intensity" (FLOP/byte) and "achieved" (FLOP/s), and the
     number left out by reason.
 
-    FLOPs are `flops` (accounting.layer_flops_per_token over the step); bytes are the analytic bytes
+    FLOPs are `computed_flops` (the work that ran: accounting.layer_computed_flops; `flops` in older
+    records), achieved FLOP/s those over `latency_s`; bytes are the analytic bytes
     one forward moves: `predicted_bytes_moved`, or `bandwidth_floor_s` x `copy_bandwidth_bytes_per_s`
     where memory was not measured (the same sum of accounting.layer_bytes). Training steps are left
     out: their `flops` count the backward (3x forward) while the bytes are a forward's, so the two
@@ -45,8 +46,10 @@ def roofline_cases(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     bytes_moved = column(d, "predicted_bytes_moved")
     bytes_moved = bytes_moved.where(bytes_moved > 0,
                                     column(d, "bandwidth_floor_s") * column(d, "copy_bandwidth_bytes_per_s"))
-    flops = column(d, "flops")
-    achieved = column(d, "flops_per_s").where(column(d, "flops_per_s") > 0, flops / column(d, "latency_s"))
+    # the work that ran (a capacity's dropped assignments not credited, padded slots counted); records
+    # from before `computed_flops` existed fall back to the useful `flops`
+    flops = column(d, "computed_flops").where(column(d, "computed_flops") > 0, column(d, "flops"))
+    achieved = flops / column(d, "latency_s")
     placeable = (flops > 0) & (bytes_moved > 0) & (achieved > 0) & np.isfinite(flops / bytes_moved * achieved)
     if (~placeable).any():
         left_out["cases without analytic FLOPs, bytes or a latency"] = int((~placeable).sum())

@@ -100,3 +100,11 @@ def test_alt_text_keeps_a_dollar_sign_as_written(tmp_path):
     _, df = load_runs([write_run(tmp_path / "odd.jsonl", [odd])])
     plot = plots.roofline(df)
     assert "($x$)" in plot.alt and "\\$" not in plot.alt
+
+
+def test_a_case_that_dropped_assignments_is_placed_by_the_work_that_ran(tmp_path):
+    # 4 GFLOP useful, 2.5 GFLOP computed (a capacity dropped the rest): intensity 25, 25 GFLOP/s, under the roof
+    dropping = _case("a", "float32", 4e9, 1e8, 0.1, 3e10, 4e10, computed_flops=2.5e9)
+    _, df = load_runs([write_run(tmp_path / "run.jsonl", [dropping], kind="throughput", suite="throughput")])
+    (ax,) = _panels(plots.roofline(df)).values()
+    assert _points(ax) == [pytest.approx((25, 25))]
