@@ -33,6 +33,7 @@ def test_first_g_past_a_quarter_and_a_half_of_the_layer(tmp_path):
     assert share.conditions == "float32, T=2048, forward, 2 threads, cpu timer, device cpu"
     # 2000 / 8000 tokens/s
     assert throughput.answered and "throughput at G=16 is 0.25× that at G=1" in throughput.text
+    assert throughput.figure == "throughput"  # the figure that draws tokens/s
     assert "2,000 against 8,000 tokens/s" in throughput.text
 
 
@@ -66,7 +67,7 @@ def test_every_dtype_and_run_gets_its_own_findings(tmp_path):
     second = write_run(tmp_path / "b.jsonl", cases[:5], kind="granularity", suite="granularity", run_id="gpu",
                        env={"device": "cuda"})
     _, df = load_runs([first, second])
-    found = [f for f in findings_for(df, ["granularity"]) if f.figure == "routing_tax"]  # not the ratios'
+    found = [f for f in findings_for(df, ["granularity"]) if f.figure in ("routing_tax", "throughput")]  # not ratios'
     assert [f.text.split(":")[0] for f in found] == ["float32"] * 2 + ["bfloat16"] * 2 + ["float32"] * 2
     assert found[0].conditions == "run cpu, float32, T=2048, forward, 2 threads, cpu timer, device cpu"
     assert found[-1].conditions == "run gpu, float32, T=2048, forward, 2 threads, cpu timer, device cuda"

@@ -15,6 +15,7 @@ from moebench.report.findings.base import Finding
 from moebench.report.findings.describe import conditions
 
 FIGURE = "routing_tax"
+THROUGHPUT_FIGURE = "throughput"  # the G=16 / G=1 speed is drawn there, not in the routing tax
 ROUTING_PHASES = ("router", "dispatch", "combine")
 SHARES = (0.25, 0.5)  # routing shares of the layer a reader asks about
 G_BASE, G_FINE = 1, 16  # throughput at G_FINE relative to G_BASE
@@ -127,7 +128,7 @@ def _throughput_finding(rows: pd.DataFrame, name: str, cond: str) -> Finding:
         why = [f"the case at G={g} {'failed or has no tokens/s' if g in missing else 'was not run'}"
                for g in lacking]
         return Finding(f"{name}: throughput at G={G_FINE} relative to G={G_BASE} cannot be given: "
-                       + " and ".join(why) + ".", FIGURE, cond, answered=False)
+                       + " and ".join(why) + ".", THROUGHPUT_FIGURE, cond, answered=False)
     fine, base = tps[G_FINE], tps[G_BASE]
     return Finding(f"{name}: throughput at G={G_FINE} is {fine / base:.2f}× that at G={G_BASE} "
-                   f"({fine:,.0f} against {base:,.0f} tokens/s).", FIGURE, cond)
+                   f"({fine:,.0f} against {base:,.0f} tokens/s).", THROUGHPUT_FIGURE, cond)
