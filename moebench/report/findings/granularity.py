@@ -89,8 +89,10 @@ def _routing_share_finding(rows: pd.DataFrame, name: str, cond: str) -> Finding:
     share, missing = _measured(_with_routing_share(rows), "routing_frac")
     if share.size < 2:
         have = f"only {_listed(share.index.tolist())} has" if share.size else "no case has"
+        # a sweep that ran but failed needs its failures looked at, not a longer sweep
+        why = f"{_listed(missing)} did not finish or lack phase times" if missing else "a sweep over G is needed"
         return Finding(f"{name}: the G from which router + dispatch + combine take more than 25% and 50% of the "
-                       f"summed phase time cannot be told: {have} a measured routing share (a sweep over G is needed).",
+                       f"summed phase time cannot be told: {have} a measured routing share ({why}).",
                        FIGURE, cond, answered=False)
     parts, answered = [], True
     for threshold in SHARES:
