@@ -255,7 +255,9 @@ def layer_activation_bytes(spec: LayerSpec, n_tokens: int) -> dict[str, float]:
     (64 of 68, 512 of 516 MiB); brute-force PEER at 89-94% ([T, H, N] dominates). Backends and kernels that
     work in pieces peak far lower: loop and sort_gather hold one expert's rows at a time (10 and 7 of
     97 MiB), product PEER with the native C kernels holds score blocks and no gathered rows (18 of 169 MiB;
-    109 with the torch kernels).
+    109 with the torch kernels). Not counted: scratch buffers a GEMM library takes through torch's
+    allocator; CPU bfloat16 matmuls take about 130 KB per call, which exceeds the bound at a few tokens
+    (T <= 8 at D = 1024), never at the suites' token counts.
     """
     b = DTYPE_BYTES[spec.dtype]
     if spec.variant == "peer":
