@@ -237,6 +237,8 @@ def layer_activation_bytes(spec: LayerSpec, n_tokens: int) -> dict[str, float]:
                 accumulator [T, D] twice (zeros, then the out-of-place index_add), the output in b when
                 b < 4, the routed_scaling product
       shared    ffn(T) at width S*F_s, the sigmoid gate ([T, 1] twice and the product [T, D]), y + shared
+      weight_copy  lifelong only: the [frozen; new] concatenation of all gate and expert weights that an
+                expanded layer makes in every forward (moebench.layers.lifelong)
     Dense: ffn(T).
     PEER (moebench.layers.peer; A = H*k experts per token, n = n_keys, N = n^2):
       query           the projection [T, H*d_key] in b, its BatchNorm output, their float32 copy (b < 4)
@@ -289,6 +291,10 @@ def _routed_activation_bytes(spec: LayerSpec, n_tokens: int, b: int) -> dict[str
         width = spec.n_shared * (spec.shared_d_ff or spec.d_ff)
         gate = 2 * T * b + T * D * b if spec.shared_gate else 0
         out["shared"] = _ffn_activation_bytes(T, D, width, spec.activation, b) + gate + T * D * b
+    if spec.variant == "lifelong":
+        # An expanded layer concatenates its frozen and new weights in every forward. The spec does not
+        # say whether it has grown, so the copy is always counted (a layer never expanded makes none).
+        out["weight_copy"] = (_router_params(spec) + spec.n_experts * ffn_matrices(spec.activation) * D * spec.d_ff) * b
     return out
 
 

@@ -284,11 +284,18 @@ PEER_BRUTE = dataclasses.replace(MEMORY_CASES[0], case_id="peer_brute", spec=Lay
     peer_retrieval="brute"))
 
 
-@pytest.mark.parametrize("case", MEMORY_CASES + [PEER_BRUTE], ids=lambda c: c.case_id)
+LIFELONG_EXPANDED = dataclasses.replace(MEMORY_CASES[0], case_id="lifelong_expanded",
+                                        spec=LayerSpec(variant="lifelong", d_model=32, d_ff=64, n_experts=8, top_k=2,
+                                                       backend="grouped_mm"),
+                                        workload=dataclasses.replace(MEMORY_CASES[0].workload, expand=8))
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES + [PEER_BRUTE, LIFELONG_EXPANDED], ids=lambda c: c.case_id)
 def test_measured_forward_peak_stays_under_the_activation_bound(case):
     """bench.run_case's own peak (torch.profiler on CPU) against the bound it records beside it, for every
     forward configuration of the memory suite (padded CF 1.25 and 2.0, dense equal_active and equal_total
-    exceeded the bound that counted A rows and no swiglu temporary) and brute-force PEER."""
+    exceeded the bound that counted A rows and no swiglu temporary), brute-force PEER, and a lifelong layer
+    after expand (it copies its weights in every forward)."""
     metrics = run_case(case, "cpu", threads=1)["metrics"]
     assert case.workload.mode == "forward"
     assert 0 < metrics["peak_bytes"] <= metrics["predicted_activation_bytes_upper"]
