@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from moebench.kernels.peer_experts import chunk_tokens_for
 from moebench.presets import Attention, Mamba, ModelShape
 from moebench.routing.capacity import expected_drop_fraction_uniform, expert_capacity
 from moebench.spec import LayerSpec
@@ -210,30 +211,133 @@ def layer_bytes(spec: LayerSpec, n_tokens: int, dtype: str | None = None) -> dic
     return out
 
 
-def layer_activation_bytes(spec: LayerSpec, n_tokens: int) -> dict[str, float]:
-    """Bytes a forward allocates beyond the weights, by part, if every intermediate stayed alive at
-    once: an upper bound for the peak of an unfused eager implementation (backends that free each
-    expert's intermediates before the next one peak lower). Compare with a measured peak_bytes.
+def _ffn_activation_bytes(rows: float, d_model: int, d_ff: int, activation: str, b: int) -> float:
+    """Every tensor one eager FFN allocates over `rows` inputs: the in-projection [rows, I], the
+    activation ([rows, F]; swiglu also its silu(gate) temporary, alive while it multiplies by up: 2 [rows, F])
+    and the out-projection [rows, D]. I = 2F for swiglu, else F (moebench.dispatch.common.ffn)."""
+    I = 2 * d_ff if activation == "swiglu" else d_ff
+    act = 2 * d_ff if activation == "swiglu" else d_ff
+    return rows * (I + act + d_model) * b
 
-      router    logits and scores [T, E] in float32, selected indices and weights [A]
-      dispatch  the gathered copy of x in expert order [A, D] and the expert outputs [A, D]
-      experts   the in-projection [A, I] and activation [A, F]
-      combine   the weighted outputs and the float32 accumulator: [A, D] + [T, D] float32
-    PEER: queries, sub-key scores [T, H, 2, n_keys] float32, gathered u and v rows [T, H, k, D].
+
+def computed_rows(spec: LayerSpec, n_tokens: int) -> int:
+    """Rows a routed layer's experts compute over T tokens: the E*C capacity slots of the padded backend
+    (C = the router's capacity; dropless padding sizes C by the fullest expert, at most T tokens), else
+    the A assignments (T*K; expert choice E*k with k = ceil(c*T/E) tokens per expert)."""
+    T, E = n_tokens, spec.n_experts
+    if spec.variant == "expert_choice":
+        k = min(T, max(1, expert_capacity(spec.expert_capacity_c, T, E, 1)))
+        return E * k  # padded: C = k slots per expert, all filled
+    if spec.backend != "padded":
+        return T * spec.top_k
+    if spec.capacity_factor is None:
+        return E * T
+    return E * expert_capacity(spec.capacity_factor, T, E, spec.top_k, spec.min_capacity)
+
+
+def layer_activation_bytes(spec: LayerSpec, n_tokens: int) -> dict[str, float]:
+    """Bytes one eval-mode forward allocates beyond the weights, by part, counting every intermediate once
+    as if all stayed alive together: an upper bound for the measured peak (peak_bytes) of moebench's eager
+    layers, every backend and kernel choice (docs/formulas.md#bytes-ceilings-and-the-roofline). An analytic
+    formula from the spec and T only. Forward only: a training step's peak also holds what autograd saves.
+
+    b = bytes per element of spec.dtype; A = T*K assignments (expert choice: E*k); R = rows the experts
+    compute (`computed_rows`: A, or the padded backend's E*C capacity slots, empty ones included);
+    ffn(n) = every tensor of one FFN over n rows (`_ffn_activation_bytes`: the in-projection [n, I], the
+    activation [n, F], for swiglu also silu(gate) [n, F] alive while it multiplies, the output [n, D]).
+      router    [T, E]: the logits in b, at most six float32 score arrays (probs, selection scores, masks)
+                and a bool mask; the assignment bookkeeping, at most 16 int64, 4 float32 and 2 bool arrays
+                of A (token and expert ids, sort orders, positions under capacity)
+      dispatch  the gathered rows [R, D]; padded also x with a zero row [T+1, D], the slot -> token map
+                (2 int64 arrays of E*C+1), the outputs with a zero row [E*C+1, D] and their gather [A, D]
+      experts   ffn(R)
+      combine   the weighted rows [A, D] float32 (and their float32 copy when b < 4), the float32
+                accumulator [T, D] twice (zeros, then the out-of-place index_add), the output in b when
+                b < 4, the routed_scaling product
+      shared    ffn(T) at width S*F_s, the sigmoid gate ([T, 1] twice and the product [T, D]), y + shared
+      weight_copy  lifelong only: the [frozen; new] concatenation of all gate and expert weights that an
+                expanded layer makes in every forward (moebench.layers.lifelong)
+    Dense: ffn(T).
+    PEER (moebench.layers.peer; A = H*k experts per token, n = n_keys, N = n^2):
+      query           the projection [T, H*d_key] in b, its BatchNorm output, their float32 copy (b < 4)
+      subkey_scores   all sub-key scores [T, H, 2, n] float32 (the native top-k holds 8 MiB blocks of them)
+      candidate_topk  product: the halves' top-k [T, H, k] (scores, ids), the candidate sums and ids
+                      [T, H, c] (c = `peer_candidate_pairs`(k); float32 and int64 with their temporaries),
+                      the final top-k; brute: all N sums [T, H, N] float32 and the top-k
+      gates           [T, H, k] float32
+      experts         u.x [T, A] in b; torch's gather, two chunks [C, A, D] at once (C = chunk_tokens_for
+                      tokens, 32 MiB a chunk); act and gated act [T, A] float32 (and the casts when b < 4);
+                      embedding_bag's output [T, D] and its bag ids (2 int64 arrays of T*A)
+
+    How tight (CPU, fp32, measured with moebench.measure.memory at the memory suite's shape, T = 2048,
+    D = 512, F = 1024, E = 16, K = 2; PEER at the peer suite's T = 256): grouped_mm and padded keep every
+    row alive and peak at 2/3 to 3/4 of the bound (72 of 97, 94 of 140, 148 of 206 MiB); dense at 94-99%
+    (64 of 68, 512 of 516 MiB); brute-force PEER at 89-94% ([T, H, N] dominates). Backends and kernels that
+    work in pieces peak far lower: loop and sort_gather hold one expert's rows at a time (10 and 7 of
+    97 MiB), product PEER with the native C kernels holds score blocks and no gathered rows (18 of 169 MiB;
+    109 with the torch kernels). Not counted: scratch buffers a GEMM library takes through torch's
+    allocator; CPU bfloat16 matmuls take about 130 KB per call, which exceeds the bound at a few tokens
+    (T <= 8 at D = 1024), never at the suites' token counts.
     """
-    T = n_tokens
     b = DTYPE_BYTES[spec.dtype]
-    D, F = spec.d_model, spec.d_ff
     if spec.variant == "peer":
-        H, k = spec.peer_heads, spec.peer_k
-        return {"query": T * H * spec.d_key * FP32, "subkey_scores": T * H * 2 * spec.peer_n_keys * FP32,
-                "gathered_experts": 2 * T * H * k * D * b, "output": T * D * b}
-    I = 2 * F if spec.activation == "swiglu" else F
+        return _peer_activation_bytes(spec, n_tokens, b)
+    T, D = n_tokens, spec.d_model
     if spec.variant == "dense":
-        return {"experts": T * (I + F) * b, "output": T * D * b}
-    A = T * experts_per_token(spec)
-    return {"router": 2 * T * spec.n_experts * FP32 + A * (FP32 + INDEX),
-            "dispatch": 2 * A * D * b, "experts": A * (I + F) * b, "combine": A * D * FP32 + T * D * FP32}
+        return {"experts": _ffn_activation_bytes(T, D, spec.d_ff, spec.activation, b)}
+    return _routed_activation_bytes(spec, n_tokens, b)
+
+
+def _routed_activation_bytes(spec: LayerSpec, n_tokens: int, b: int) -> dict[str, float]:
+    T, D, E = n_tokens, spec.d_model, spec.n_experts
+    R = computed_rows(spec, T)
+    # expert choice makes E*k assignments; token choice (and padded slots' sources) T*K
+    A = R if spec.variant == "expert_choice" else T * spec.top_k
+    widen = 0 if b == FP32 else 1  # float32 copies that a float32 layer does not need
+    dispatch = R * D * b
+    if spec.backend == "padded":
+        dispatch += (T + 1) * D * b + 2 * (R + 1) * INDEX + (R + 1) * D * b + A * D * b
+    out = {
+        "router": T * E * (b + 6 * FP32 + 1) + A * (16 * INDEX + 4 * FP32 + 2),
+        "dispatch": dispatch,
+        "experts": _ffn_activation_bytes(R, D, spec.d_ff, spec.activation, b),
+        "combine": (1 + widen) * A * D * FP32 + 2 * T * D * FP32 + widen * T * D * b
+        + (T * D * b if spec.routed_scaling != 1.0 else 0),
+        "shared": 0.0,
+    }
+    if spec.n_shared:
+        width = spec.n_shared * (spec.shared_d_ff or spec.d_ff)
+        gate = 2 * T * b + T * D * b if spec.shared_gate else 0
+        out["shared"] = _ffn_activation_bytes(T, D, width, spec.activation, b) + gate + T * D * b
+    if spec.variant == "lifelong":
+        # An expanded layer concatenates its frozen and new weights in every forward. The spec does not
+        # say whether it has grown, so the copy is always counted (a layer never expanded makes none).
+        out["weight_copy"] = (_router_params(spec) + spec.n_experts * ffn_matrices(spec.activation) * D * spec.d_ff) * b
+    return out
+
+
+def _peer_activation_bytes(spec: LayerSpec, n_tokens: int, b: int) -> dict[str, float]:
+    T, D, H, k, n = n_tokens, spec.d_model, spec.peer_heads, spec.peer_k, spec.peer_n_keys
+    A = H * k
+    widen = 0 if b == FP32 else 1
+    query = T * H * spec.d_key * (b * (2 if spec.peer_query_batchnorm else 1) + widen * FP32)
+    top_k = T * H * k * (FP32 + 2 * INDEX)  # the final scores and ids, and the ids' gather
+    if spec.peer_retrieval == "brute":
+        candidates = T * H * spec.peer_experts * FP32 + top_k
+    else:
+        c = peer_candidate_pairs(k)
+        candidates = 2 * T * H * k * (FP32 + INDEX) + T * H * c * (3 * FP32 + 4 * INDEX) + top_k
+    # Two chunks can be alive: the loop gathers the next before the previous one's name is rebound.
+    gathered = min(T, 2 * chunk_tokens_for(A, D, b)) * A * D * b
+    experts = T * A * b + gathered + 2 * T * A * FP32 + widen * T * A * (FP32 + b) + T * D * b + 2 * T * A * INDEX
+    return {"query": query, "subkey_scores": T * H * 2 * n * FP32, "candidate_topk": candidates,
+            "gates": T * H * k * FP32, "experts": experts}
+
+
+def peer_candidate_pairs(k: int) -> int:
+    """Rank pairs (i, j) of the two halves' top-k that product retrieval scores: (i+1)(j+1) <= k, i.e.
+    sum over i of floor(k / i) (moebench.layers.peer.candidate_pairs: 50 for k = 16)."""
+    return sum(k // i for i in range(1, k + 1))
 
 
 def capacity_report(spec: LayerSpec, n_tokens: int) -> dict[str, float | int | str | None]:
@@ -445,8 +549,8 @@ def model_summary(shape: ModelShape, embeddings: str = "both", context_len: int 
 
 
 __all__ = [
-    "DTYPE_BYTES", "Roofline", "attention_params", "capacity_report", "expected_experts_touched",
-    "experts_per_token", "ffn_matrices", "krajewski_router_share", "layer_active_params", "layer_bytes",
-    "layer_flops_per_token", "layer_params", "layer_roofline", "mamba_params", "model_active_params",
-    "model_flops_per_token", "model_params", "model_summary", "roofline",
+    "DTYPE_BYTES", "Roofline", "attention_params", "capacity_report", "computed_rows", "expected_experts_touched",
+    "experts_per_token", "ffn_matrices", "krajewski_router_share", "layer_active_params", "layer_activation_bytes",
+    "layer_bytes", "layer_flops_per_token", "layer_params", "layer_roofline", "mamba_params", "model_active_params",
+    "model_flops_per_token", "model_params", "model_summary", "peer_candidate_pairs", "roofline",
 ]

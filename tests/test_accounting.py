@@ -3,6 +3,7 @@ values and the published numbers of docs/formulas.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,10 +11,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from moebench import accounting as acc
+from moebench.bench import run_case
+from moebench.kernels.peer_experts import chunk_tokens_for
 from moebench.layers import VARIANTS, build_layer
 from moebench.routing.capacity import expected_drop_fraction_uniform, expert_capacity
 from moebench.spec import VARIANTS as SPEC_VARIANTS
 from moebench.spec import LayerSpec
+from moebench.suite import Case, MeasurePlan, load_suite
 
 D, F, E, K = 16, 32, 4, 2
 SMALL = dict(d_model=D, d_ff=F, n_experts=E, backend="loop")
@@ -213,25 +217,107 @@ def test_roofline():
     assert lr.bound == "compute" and math.isclose(lr.time_s, lr.flops / 1e15)
 
 
-def test_activation_bytes_upper_bound_by_hand_and_above_a_measured_peak():
-    import torch
+def test_activation_bound_counts_the_padded_backends_capacity_slots_by_hand():
+    # T=64, D=8, F=16 swiglu (I=32), E=4, K=2, CF=1.5: A = 128 assignments, C = ceil(1.5*64*2/4) = 48
+    # slots per expert, so the experts compute R = E*C = 192 rows (64 of them empty), not A.
+    spec = LayerSpec(d_model=8, d_ff=16, n_experts=4, top_k=2, backend="padded", capacity_factor=1.5)
+    assert acc.computed_rows(spec, 64) == 192
+    parts = acc.layer_activation_bytes(spec, 64)
+    assert parts["experts"] == 192 * (32 + 2 * 16 + 8) * 4  # in-proj, silu(gate) and product, out-proj: 55296
+    # gathered [192, 8], x + zero row [65, 8], slot->token map 2 x [193] int64, outputs + zero row [193, 8],
+    # their gather back to assignments [128, 8]
+    assert parts["dispatch"] == 192 * 32 + 65 * 32 + 2 * 193 * 8 + 193 * 32 + 128 * 32 == 21584
+    assert parts["combine"] == 128 * 8 * 4 + 2 * 64 * 8 * 4 == 8192  # weighted rows, accumulator twice
+    assert parts["router"] == 64 * 4 * (4 + 6 * 4 + 1) + 128 * (16 * 8 + 4 * 4 + 2) == 26112
+    assert parts["shared"] == 0
+    dropless = LayerSpec(d_model=8, d_ff=16, n_experts=4, top_k=2, backend="grouped_mm")
+    assert acc.layer_activation_bytes(dropless, 64)["experts"] == 128 * (32 + 2 * 16 + 8) * 4
 
-    from moebench.accounting import layer_activation_bytes
-    from moebench.layers import build_layer
+
+def test_activation_bound_counts_every_dense_ffn_temporary_by_hand():
+    # swiglu over T=64 rows, D=8, F=16: h [64, 32], silu(gate) [64, 16] alive while it multiplies up
+    # into act [64, 16], out [64, 8]; gelu: h [64, 16], act [64, 16], out [64, 8]
+    swiglu = LayerSpec(variant="dense", d_model=8, d_ff=16)
+    assert acc.layer_activation_bytes(swiglu, 64) == {"experts": 64 * (32 + 16 + 16 + 8) * 4}
+    gelu = LayerSpec(variant="dense", d_model=8, d_ff=16, activation="gelu", dtype="bfloat16")
+    assert acc.layer_activation_bytes(gelu, 64) == {"experts": 64 * (16 + 16 + 8) * 2}
+
+
+def test_activation_bound_counts_brute_force_peer_scores_over_all_experts_by_hand():
+    # T=4, D=8, H=2, k=2, N=16 (4 sub-keys per half), d_key=4, float32 with the query BatchNorm
+    spec = LayerSpec(variant="peer", d_model=8, activation="gelu", peer_experts=16, peer_heads=2, peer_k=2,
+                     d_key=4, peer_retrieval="brute")
+    parts = acc.layer_activation_bytes(spec, 4)
+    assert parts["query"] == 4 * 2 * 4 * 4 * 2  # projection and BatchNorm output [4, 8]
+    assert parts["subkey_scores"] == 4 * 2 * 2 * 4 * 4  # [T, H, 2, n] float32
+    # all N sums [4, 2, 16] float32, then the top-k scores, ids and the ids' gather [4, 2, 2]
+    assert parts["candidate_topk"] == 4 * 2 * 16 * 4 + 4 * 2 * 2 * (4 + 8 + 8) == 832
+    assert parts["gates"] == 4 * 2 * 2 * 4
+    # A = 4: u.x [4, 4], the gathered u rows [4, 4, 8] (all 4 tokens fit one chunk), act and gated act
+    # [4, 4] float32, the output [4, 8], embedding_bag's two int64 bag-id arrays [16]
+    assert parts["experts"] == 16 * 4 + 4 * 4 * 8 * 4 + 2 * 16 * 4 + 4 * 8 * 4 + 2 * 16 * 8 == 1088
+    product = acc.layer_activation_bytes(dataclasses.replace(spec, peer_retrieval="product"), 4)
+    # product: the halves' top-k [4, 2, 2] twice, c = 3 candidate pairs [4, 2, 3], the final top-k
+    assert product["candidate_topk"] == 2 * 16 * (4 + 8) + 24 * (3 * 4 + 4 * 8) + 16 * (4 + 8 + 8) == 1760
+    assert [acc.peer_candidate_pairs(k) for k in (1, 2, 4, 16)] == [1, 3, 8, 50]
+
+
+def _memory_suite_forward_cases() -> list[Case]:
+    """suites/memory.yaml's forward cases at small sizes (D 512 -> 32, F / 16, PEER N 65536 -> 1024,
+    T 2048 -> 128), with the measurement bench.py makes (peak_bytes) and a short timing plan."""
+    plan = MeasurePlan(warmup=1, min_samples=1, max_samples=1, budget_s=0.01, phases=False, ceiling=False)
+    cases = []
+    for case in load_suite("memory").cases:
+        if case.workload.mode != "forward":
+            continue
+        small = dict(d_model=32, d_ff=case.spec.d_ff // 16)
+        if case.spec.variant == "peer":
+            small.update(peer_experts=1024, d_key=16)
+        spec = dataclasses.replace(case.spec, **small)
+        cases.append(Case(case.case_id, case.params, spec, dataclasses.replace(case.workload, tokens=128), plan))
+    return cases
+
+
+MEMORY_CASES = _memory_suite_forward_cases()
+PEER_BRUTE = dataclasses.replace(MEMORY_CASES[0], case_id="peer_brute", spec=LayerSpec(
+    variant="peer", d_model=32, activation="gelu", peer_experts=1024, peer_heads=8, peer_k=16, d_key=16,
+    peer_retrieval="brute"))
+
+
+LIFELONG_EXPANDED = dataclasses.replace(MEMORY_CASES[0], case_id="lifelong_expanded",
+                                        spec=LayerSpec(variant="lifelong", d_model=32, d_ff=64, n_experts=8, top_k=2,
+                                                       backend="grouped_mm"),
+                                        workload=dataclasses.replace(MEMORY_CASES[0].workload, expand=8))
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES + [PEER_BRUTE, LIFELONG_EXPANDED], ids=lambda c: c.case_id)
+def test_measured_forward_peak_stays_under_the_activation_bound(case):
+    """bench.run_case's own peak (torch.profiler on CPU) against the bound it records beside it, for every
+    forward configuration of the memory suite (padded CF 1.25 and 2.0, dense equal_active and equal_total
+    exceeded the bound that counted A rows and no swiglu temporary), brute-force PEER, and a lifelong layer
+    after expand (it copies its weights in every forward)."""
+    metrics = run_case(case, "cpu", threads=1)["metrics"]
+    assert case.workload.mode == "forward"
+    assert 0 < metrics["peak_bytes"] <= metrics["predicted_activation_bytes_upper"]
+
+
+@pytest.mark.parametrize("retrieval", ["product", "brute"])
+def test_measured_peer_peak_stays_under_the_bound_with_the_torch_kernels(retrieval):
+    """PEER's torch top-k and chunked torch gather (the paths without the C kernels: GPUs, no compiler)
+    hold more than the native ones: candidate sums, and two gather chunks [C, A, D] at once. Here A = 512
+    experts per token of D = 1024 make C = 16 tokens per 32 MiB chunk, 4 chunks over 64 tokens."""
     from moebench.measure.memory import peak_memory
 
-    spec = LayerSpec(d_model=64, d_ff=128, n_experts=4, top_k=2, backend="loop")
-    parts = layer_activation_bytes(spec, 256)
-    A = 256 * 2
-    assert parts == {"router": 2 * 256 * 4 * 4 + A * (4 + 8), "dispatch": 2 * A * 64 * 4,
-                     "experts": A * (256 + 128) * 4, "combine": A * 64 * 4 + 256 * 64 * 4}
+    spec = LayerSpec(variant="peer", d_model=1024, activation="gelu", peer_experts=1024, peer_heads=16,
+                     peer_k=32, d_key=16, peer_retrieval=retrieval)
+    assert chunk_tokens_for(512, 1024, 4) == 16
     layer = build_layer(spec).eval()
-    x = torch.randn(256, 64)
+    layer.collect_stats, layer.experts_impl, layer.topk_impl = False, "torch", "torch"
+    x = torch.randn(64, 1024)
 
     def step():
         with torch.inference_mode():
             layer(x)
 
     step()
-    measured = peak_memory(step, "cpu").peak_bytes
-    assert 0 < measured <= sum(parts.values())
+    assert 0 < peak_memory(step, "cpu").peak_bytes <= sum(acc.layer_activation_bytes(spec, 64).values())
