@@ -62,7 +62,36 @@ def test_hot_path_spread_names_the_fastest_and_the_slowest_and_their_ratio(tmp_p
 
 def test_hot_path_spread_of_one_case_says_it_cannot_be_computed(tmp_path):
     (finding,) = hot_path_spread(frame(tmp_path, [_layer("sort_gather", 0.01)], kind="ci"))
-    assert not finding.answered and "no two cases finished under the same dtype, T and mode" in finding.text
+    assert not finding.answered and "no two hot paths finished under the same dtype, T and mode" in finding.text
+
+
+def test_hot_paths_that_take_the_same_time_tie_instead_of_naming_one_case_twice(tmp_path):
+    df = frame(tmp_path, [_layer("sort_gather", 0.01), _layer("grouped_mm", 0.01)], kind="ci")
+    (finding,) = hot_path_spread(df)
+    assert finding.text == "forward, T=256, float32: of 2 hot paths all take 10 ms per step: they tie."
+
+
+def _forced(routing: str, latency: float) -> dict:
+    record = timed(f"routing={routing}", {"routing": routing, "capacity_factor": 1.0}, latency,
+                   spec={"capacity_factor": 1.0})
+    record["workload"]["routing"] = routing
+    return record
+
+
+def test_in_a_quick_run_dense_baselines_and_forced_routings_are_not_hot_paths(tmp_path):
+    df = frame(tmp_path, [_layer("sort_gather", 0.01), _layer("padded", 0.04), _dense("equal_total", 0.2),
+                          _dense("equal_active", 0.005), _forced("zipf", 0.001)], kind="mixed")
+    (finding,) = hot_path_spread(df)
+    # by hand: sort_gather 10 ms and padded 40 ms; the 200 ms dense FFN and the 1 ms zipf case are not hot paths
+    assert finding.text == ("forward, T=256, float32: of 2 hot paths (2 dense baselines and 1 forced-routing case "
+                            "left out) the fastest is token_choice/sort_gather at 10 ms per step and the slowest is "
+                            "token_choice/padded at 40 ms, 4× the fastest.")
+
+
+def test_in_a_ci_run_forced_routing_cases_are_hot_paths(tmp_path):
+    df = frame(tmp_path, [_layer("sort_gather", 0.01), _forced("uniform", 0.02)], kind="ci")
+    (finding,) = hot_path_spread(df)
+    assert finding.text.startswith("forward, T=256, float32: of 2 hot paths the fastest is token_choice/sort_gather")
 
 
 def test_a_layer_alone_without_a_baseline_and_synthetic_routings_make_no_sentence(tmp_path):

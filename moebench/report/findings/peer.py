@@ -131,7 +131,8 @@ def _at_floor_text(row, settings: str) -> str:
     floor, frac = _floor(row)
     if floor is None:
         return text + " (no bandwidth floor recorded)"
-    return text + f", {_times_floor(row, floor)} the bandwidth floor of {seconds(floor)} (a step reaches {_speed(frac)})"
+    return (text + f", {_times_floor(row, floor)} the bandwidth floor of {seconds(floor)} "
+            f"(a step reaches {_speed(frac)})")
 
 
 def _against_floor(row, settings: str) -> str:
