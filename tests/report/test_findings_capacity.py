@@ -152,12 +152,13 @@ def test_a_cf_answer_never_pools_two_variants_or_min_capacities_into_one_median(
     ]
 
 
-def test_a_record_without_a_drop_policy_is_not_dropped_from_the_cf_answer(tmp_path):
+def test_a_series_without_a_recorded_top_k_is_not_dropped_from_the_cf_findings(tmp_path):
     cases = uniform_series()
     for record in cases:
-        del record["spec"]["drop_policy"]
+        del record["spec"]["top_k"]
     cf = findings(tmp_path, cases)[0]
-    assert cf.answered and cf.text.endswith("is uniform 1.5 / 1.25.")
+    assert cf.answered and cf.text == ("E=8, K=?: the smallest capacity factor with drops under 1% / under 5% is "
+                                       "uniform 1.5 / 1.25.")
 
 
 def test_own_router_reads_as_in_the_drops_figure(tmp_path):

@@ -18,7 +18,7 @@ from moebench.report.data import column, ok_cases
 from moebench.report.findings.base import Finding
 from moebench.report.findings.describe import case_name, conditions, ratio, several_runs, situation, size, text
 
-GROUP_KEYS = ("run", "workload.mode", "spec.dtype", "workload.tokens")
+GROUP_KEYS = ("run", "workload.mode", "spec.dtype", "workload.tokens", "workload.batch")  # T = tokens x batch
 FIGURE = "memory"
 BOUNDED_MODE = "forward"  # the only mode the activation bound covers
 MAX_NAMED = 4  # cases named in a sentence; the rest counted

@@ -31,8 +31,8 @@ from moebench.report.findings.describe import (
     text,
 )
 
-GROUP_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.mode", "spec.d_model", "spec.n_experts",
-              "workload.routing", "spec.backend")
+GROUP_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.batch", "workload.mode", "spec.d_model",
+              "spec.n_experts", "workload.routing", "spec.backend")
 ROUTED_OUT = ("dense", "peer")  # no router to compare
 BALANCED_BY_CONSTRUCTION = ("expert_choice",)  # every expert takes the same number of tokens
 

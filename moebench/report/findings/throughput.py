@@ -32,7 +32,7 @@ from moebench.report.findings.describe import (
     text,
 )
 
-CONDITION_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.mode", "spec.d_model")
+CONDITION_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.batch", "workload.mode", "spec.d_model")
 MATCH_KEYS = (*CONDITION_KEYS, "active width")  # a routed layer and its equal-active dense FFN share these
 FIGURE = "throughput"
 
