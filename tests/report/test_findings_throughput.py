@@ -46,6 +46,12 @@ def test_without_a_dense_baseline_the_fastest_is_named_and_the_ratio_is_said_mis
     assert not missing.answered and "No dense FFN of equal active parameters" in missing.text
 
 
+def test_routed_layers_of_equal_speed_tie_instead_of_one_being_named_the_fastest(tmp_path):
+    (finding, _) = fastest_backend(frame(tmp_path, [_layer("loop", 0.01), _layer("sort_gather", 0.01)],
+                                         kind="throughput"))
+    assert finding.text == "forward, T=256, float32, d_model 64: the 2 routed layers tie at 25.6k tokens/s."
+
+
 def test_a_run_whose_cases_all_failed_says_no_layer_is_the_fastest(tmp_path):
     df = frame(tmp_path, [timed("a", {"variant": "hash"}, 0.01, status="error", error="boom")], kind="throughput")
     (finding,) = fastest_backend(df)

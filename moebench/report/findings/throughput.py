@@ -105,15 +105,19 @@ def _fastest_sentence(group: pd.DataFrame, best: pd.Series, baselines: pd.DataFr
         head += f", {best['key workload.routing']} routing"
     speed = float(best["tokens_per_s"])
     width = f" with active width {best['key active width']} (K·F + shared)" if not baselines.empty else ""
-    of = f"the fastest of {len(group)} routed layers{width}" if len(group) > 1 else f"the only routed layer{width}"
-    sentence = f"{head}: {of} is {case_name(best['case_params'])} at {rate(speed)}"
+    speeds = column(group, "tokens_per_s")
+    if len(group) > 1 and rate(speeds.min()) == rate(speeds.max()):  # equal as printed: none is the fastest
+        sentence = f"{head}: the {len(group)} routed layers{width} tie at {rate(speed)}"
+    else:
+        of = f"the fastest of {len(group)} routed layers{width}" if len(group) > 1 else f"the only routed layer{width}"
+        sentence = f"{head}: {of} is {case_name(best['case_params'])} at {rate(speed)}"
     rows = group
     if not baselines.empty:
         dense = baselines.loc[column(baselines, "tokens_per_s").idxmax()]
         sentence += (f", {ratio(speed / float(dense['tokens_per_s']))} the dense FFN of equal active parameters "
                      f"({rate(float(dense['tokens_per_s']))})")
         rows = pd.concat([group, baselines.loc[[dense.name]]])
-    elif len(group) > 1 and column(group, "tokens_per_s").nunique() > 1:
+    elif len(group) > 1 and rate(speeds.min()) != rate(speeds.max()):
         slowest = group.loc[column(group, "tokens_per_s").idxmin()]
         sentence += (f"; the slowest, {case_name(slowest['case_params'])}, reaches "
                      f"{rate(float(slowest['tokens_per_s']))}")
