@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 
 from moebench.report.data import column
 from moebench.report.figure_base import Plot, finished_rows, mathtext_escaped, new_axes, new_figure, text_column
+from moebench.report.findings.describe import OWN_ROUTER
 from moebench.routing.capacity import expected_drop_fraction_uniform
 
 FACETS_PER_ROW = 4
@@ -31,7 +32,7 @@ ROWS = (("drop rate", "dropped assignments\n(drop_rate)"),
 def _distribution(row) -> str:
     name = row.get("workload.routing") or "router"
     if name == "router":
-        return "layer's own router (not forced)"
+        return OWN_ROUTER
     extra = (row.get("case_params") or {}).get("routing_params") or {}
     return mathtext_escaped(" ".join([str(name), *(f"{k}={v}" for k, v in sorted(extra.items()))]))
 

@@ -58,7 +58,8 @@ def test_smallest_cf_under_1_and_5_percent_per_distribution(tmp_path):
     # by hand: the largest |measured - expected| is 1 pp, at CF 0.5 (the first of the ties); both policies
     # dropped the same there, so neither is named
     assert gap.text == ("Measured uniform-routing drops lie within 1.00 percentage points of the binomial "
-                        "expectation over 10 cases; the largest gap is at E=8, K=2, CF 0.5 "
+                        "expectation over 10 uniform-routing cases (8 of them with a drop expected or measured); "
+                        "the largest gap is at E=8, K=2, CF 0.5 "
                         "(30.00% measured against 31.00% expected).")
 
 
@@ -66,7 +67,7 @@ def test_the_uniform_gap_names_the_policy_where_the_policies_differ(tmp_path):
     cases = [*uniform_series("position"), c_case(1.0, "uniform", 0.095, policy="probs", expected=0.07)]
     gap = findings(tmp_path, cases)[1]
     # probs at CF 1.0: 9.5% - 7% = 2.5 pp, the largest; position dropped 8% there
-    assert "within 2.50 percentage points" in gap.text and "over 6 cases" in gap.text
+    assert "within 2.50 percentage points" in gap.text and "over 6 uniform-routing cases (5 of them" in gap.text
     assert "the largest gap is at E=8, K=2, CF 1.0, probs policy (9.50% measured against 7.00% expected)" in gap.text
 
 
@@ -108,9 +109,10 @@ def test_dropped_weight_mass_contrasts_the_policies_only_when_recorded(tmp_path)
     cases.append(c_case(1.0, "khot", 0.1, dropped_weight_frac=0.2))  # one policy only: no pair
     weight = findings(tmp_path, cases)[-1]
     # means over the 2 pairs: probs (0.10 + 0.03) / 2 = 6.5%, position (0.30 + 0.05) / 2 = 17.5%
-    assert weight.text == ("At CF 1.0, where both drop policies drop equally many assignments (2 series), the probs "
-                           "policy drops 6.50% of the routing-weight mass and the position policy 17.50% (means); "
-                           "the widest difference is zipf at E=8, K=2: 10.00% against 30.00%.")
+    assert weight.text == ("At CF 1.0, K=2, where both drop policies drop equally many assignments (2 series), the "
+                           "probs policy drops 6.50% of the routing-weight mass and the position policy 17.50% "
+                           "(means): the position policy drops more weight, by 11.00 percentage points; the widest "
+                           "difference is zipf at E=8: 10.00% against 30.00%.")
 
 
 def test_a_capacity_report_opens_with_its_findings_linked_to_the_drops_figure(tmp_path):
@@ -129,3 +131,54 @@ def test_a_distribution_under_5_but_never_under_1_percent_reads_as_two_answers(t
     khot = (0.5, 0.2, 0.04, 0.03, 0.02)  # under 5% from CF 1.25, never under 1% up to CF 2.0
     cf, _ = findings(tmp_path, [*uniform_series(), *series("khot", khot)])
     assert "khot (none up to CF 2.0) / 1.25; uniform 1.5 / 1.25." in cf.text
+
+
+def test_a_cf_answer_never_pools_two_variants_or_min_capacities_into_one_median(tmp_path):
+    sinkhorn = [c_case(cf, "uniform", d) for cf, d in zip(CFS, (0.2, 0.002, 0.0, 0.0, 0.0), strict=True)]
+    for record in sinkhorn:
+        record["spec"]["variant"] = "sinkhorn"
+        record["case_id"] += ",variant=sinkhorn"
+    floored = [c_case(cf, "uniform", d) for cf, d in zip(CFS, (0.1, 0.04, 0.0, 0.0, 0.0), strict=True)]
+    for record in floored:
+        record["spec"]["min_capacity"] = 4
+        record["case_id"] += ",min_capacity=4"
+    found = findings(tmp_path, [*uniform_series(), *sinkhorn, *floored])
+    # pooled, CF 1.0 would be the median of 8%, 0.2% and 4% = 4%: "under 5% from 1.0", a value no case measured
+    texts = [f.text for f in found[:3]]
+    assert texts == [
+        "E=8, K=2: the smallest capacity factor with drops under 1% / under 5% is uniform 1.5 / 1.25.",
+        "sinkhorn, E=8, K=2: the smallest capacity factor with drops under 1% / under 5% is uniform 1.0 / 1.0.",
+        "E=8, K=2, min_capacity 4: the smallest capacity factor with drops under 1% / under 5% is uniform 1.25 / 1.0.",
+    ]
+
+
+def test_a_series_without_a_recorded_top_k_is_not_dropped_from_the_cf_findings(tmp_path):
+    cases = uniform_series()
+    for record in cases:
+        del record["spec"]["top_k"]
+    cf = findings(tmp_path, cases)[0]
+    assert cf.answered and cf.text == ("E=8, K=?: the smallest capacity factor with drops under 1% / under 5% is "
+                                       "uniform 1.5 / 1.25.")
+
+
+def test_own_router_reads_as_in_the_drops_figure(tmp_path):
+    cases = series("router", ZIPF)
+    cf = findings(tmp_path, cases)[0]
+    assert "layer's own router (not forced) none under 5% up to CF 2.0" in cf.text
+
+
+def test_k1_series_whose_weight_mass_equals_their_drop_rate_do_not_dilute_the_policy_means(tmp_path):
+    weights = {("zipf", "position"): 0.30, ("zipf", "probs"): 0.10}
+    cases = [c_case(1.0, "zipf", 0.4, policy=p, dropped_weight_frac=w) for (_, p), w in weights.items()]
+    # K=1: every renormalised weight is 1, so each policy drops its drop rate in mass
+    cases += [c_case(1.0, r, d, K=1, policy=p, dropped_weight_frac=d)
+              for r, d in (("zipf", 0.5), ("uniform", 0.1)) for p in ("position", "probs")]
+    k1, k2 = findings(tmp_path, cases)[-2:]
+    assert not k1.answered
+    assert k1.text == ("At CF 1.0, K=1, the drop policies drop the same routing-weight mass (2 series where each "
+                       "policy's dropped mass equals its drop rate left out: they cannot tell the policies apart).")
+    # K=2 alone: probs 10%, position 30%, not diluted by the K=1 series' 50% and 10%
+    assert k2.text == ("At CF 1.0, K=2, where both drop policies drop equally many assignments (1 series), the "
+                       "probs policy drops 10.00% of the routing-weight mass and the position policy 30.00% "
+                       "(means): the position policy drops more weight, by 20.00 percentage points; the widest "
+                       "difference is zipf at E=8: 10.00% against 30.00%.")

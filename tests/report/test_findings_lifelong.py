@@ -39,3 +39,13 @@ def test_without_a_layer_of_the_same_size_the_saving_is_not_computed(tmp_path):
 
 def test_a_run_without_lifelong_cases_has_no_lifelong_finding(tmp_path):
     assert freezing_saving(frame(tmp_path, [FULL], kind="lifelong")) == []
+
+
+def test_a_key_both_cases_lack_still_matches_the_full_fine_tuning(tmp_path):
+    grown, full = _lifelong(8, 8, 0.03, 1), timed(FULL["case_id"], FULL["params"], 0.04, mode="train_step",
+                                                   spec={"n_experts": 16}, metrics={"optimizer_state_bytes": 4 * MiB})
+    for record in (grown, full):
+        del record["spec"]["d_ff"]  # neither records d_ff; a third case does, so the column exists
+    other = timed("variant=hash", {"variant": "hash"}, 0.01, spec={"variant": "hash"})
+    (finding,) = freezing_saving(frame(tmp_path, [grown, full, other], kind="lifelong"))
+    assert finding.answered and "(25% less)" in finding.text

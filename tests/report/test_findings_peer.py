@@ -35,10 +35,12 @@ def test_product_keys_beat_brute_force_from_the_crossover_n(tmp_path):
                               "force faster below; measured N=1,024 to 16,384): 2.0× faster at N=4,096, 5.0× at "
                               "N=16,384.")
     assert crossover.conditions == "float32, T=256, forward, 2 threads, cpu timer, device cpu"
-    # at N=16384, one configuration: product keys 4.00 ms and brute force 20.0 ms, floor 1 ms: 25% and 5%
+    # at N=16384, one configuration: product keys 4 ms and brute force 20 ms, floor 1 ms: 4x and 20x the
+    # floor, that is 25% and 5% of its speed
     assert largest.text == ("At the largest N measured (16,384; heads=4, k=8, D=64, d_key=32, dtype=float32), latency "
-                            "per step against the bandwidth floor: product keys: 4.00 ms against 1.00 ms (25% of "
-                            "floor); brute force: 20.0 ms against 1.00 ms (5.0% of floor).")
+                            "per step against the bandwidth floor: product keys: 4 ms, 4× the floor of 1 ms (25% of "
+                            "the floor's speed); brute force: 20 ms, 20× the floor of 1 ms (5% of the floor's "
+                            "speed).")
 
 
 def test_brute_force_faster_everywhere_is_said(tmp_path):
@@ -57,8 +59,9 @@ def test_only_cases_of_one_configuration_are_compared(tmp_path):
     assert crossover.text.startswith("Product keys and brute force cannot be compared: no N has both")
     # both configurations at the largest N, each named by what differs, with its own floor fraction (floor 1 ms)
     assert largest.text == ("At the largest N measured (1,024; k=8, D=64, d_key=32, dtype=float32), latency per "
-                            "step against the bandwidth floor: product keys heads=16: 1.00 ms against 1.00 ms (100% "
-                            "of floor); brute force heads=4: 10.0 ms against 1.00 ms (10% of floor).")
+                            "step against the bandwidth floor: product keys heads=16: 1 ms, 1× the floor of 1 ms (100% "
+                            "of the floor's speed); brute force heads=4: 10 ms, 10× the floor of 1 ms (10% of the "
+                            "floor's speed).")
 
 
 def test_no_brute_force_cannot_answer(tmp_path):
@@ -66,7 +69,7 @@ def test_no_brute_force_cannot_answer(tmp_path):
     assert not crossover.answered and "cannot be compared" in crossover.text
     assert largest.answered and largest.text == (
         "At the largest N measured (4,096), product keys with heads=4, k=8, D=64, d_key=32, dtype=float32 take "
-        "2.00 ms per step against a bandwidth floor of 1.00 ms (50% of floor).")
+        "2 ms per step, 2× the bandwidth floor of 1 ms (a step reaches 50% of the floor's speed).")
 
 
 def test_all_failed_cannot_answer(tmp_path):

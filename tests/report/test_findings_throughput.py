@@ -46,6 +46,12 @@ def test_without_a_dense_baseline_the_fastest_is_named_and_the_ratio_is_said_mis
     assert not missing.answered and "No dense FFN of equal active parameters" in missing.text
 
 
+def test_routed_layers_of_equal_speed_tie_instead_of_one_being_named_the_fastest(tmp_path):
+    (finding, _) = fastest_backend(frame(tmp_path, [_layer("loop", 0.01), _layer("sort_gather", 0.01)],
+                                         kind="throughput"))
+    assert finding.text == "forward, T=256, float32, d_model 64: the 2 routed layers tie at 25.6k tokens/s."
+
+
 def test_a_run_whose_cases_all_failed_says_no_layer_is_the_fastest(tmp_path):
     df = frame(tmp_path, [timed("a", {"variant": "hash"}, 0.01, status="error", error="boom")], kind="throughput")
     (finding,) = fastest_backend(df)
@@ -62,7 +68,33 @@ def test_hot_path_spread_names_the_fastest_and_the_slowest_and_their_ratio(tmp_p
 
 def test_hot_path_spread_of_one_case_says_it_cannot_be_computed(tmp_path):
     (finding,) = hot_path_spread(frame(tmp_path, [_layer("sort_gather", 0.01)], kind="ci"))
-    assert not finding.answered and "no two cases finished under the same dtype, T and mode" in finding.text
+    assert not finding.answered and "no two hot paths finished under the same dtype, T and mode" in finding.text
+
+
+def test_hot_paths_that_take_the_same_time_tie_instead_of_naming_one_case_twice(tmp_path):
+    df = frame(tmp_path, [_layer("sort_gather", 0.01), _layer("grouped_mm", 0.01)], kind="ci")
+    (finding,) = hot_path_spread(df)
+    assert finding.text == "forward, T=256, float32: of 2 hot paths all take 10 ms per step: they tie."
+
+
+def _forced(routing: str, latency: float) -> dict:
+    record = timed(f"routing={routing}", {"routing": routing, "capacity_factor": 1.0}, latency,
+                   spec={"capacity_factor": 1.0})
+    record["workload"]["routing"] = routing
+    return record
+
+
+def test_dense_baselines_are_never_hot_paths_and_forced_routings_only_in_a_ci_run(tmp_path):
+    df = frame(tmp_path, [_layer("sort_gather", 0.01), _layer("padded", 0.04), _dense("equal_total", 0.2),
+                          _dense("equal_active", 0.005), _forced("zipf", 0.001)], kind="mixed")
+    (finding,) = hot_path_spread(df)
+    # by hand: sort_gather 10 ms and padded 40 ms; the 200 ms dense FFN and the 1 ms zipf case are not hot paths
+    assert finding.text == ("forward, T=256, float32: of 2 hot paths (2 dense baselines and 1 forced-routing case "
+                            "left out) the fastest is token_choice/sort_gather at 10 ms per step and the slowest is "
+                            "token_choice/padded at 40 ms, 4× the fastest.")
+    # in a ci run, where the suite forces its deterministic routing, a forced-routing case is a hot path
+    (ci,) = hot_path_spread(frame(tmp_path, [_layer("sort_gather", 0.01), _forced("uniform", 0.02)], kind="ci"))
+    assert ci.text.startswith("forward, T=256, float32: of 2 hot paths the fastest is token_choice/sort_gather")
 
 
 def test_a_layer_alone_without_a_baseline_and_synthetic_routings_make_no_sentence(tmp_path):

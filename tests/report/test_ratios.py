@@ -198,4 +198,22 @@ def test_a_case_whose_code_changed_is_drawn_as_changed_never_slow(tmp_path):
     assert (v.verdict, v.ratio) == ("CHANGED", pytest.approx(2.0))
     assert drawn_points(ratios(df).figure.axes[0])["c"][3] == VERDICT_COLORS["CHANGED"]
     [finding] = [f for f in findings_for(df, ["ci"]) if f.figure == "ratios"]
-    assert finding.text.startswith("b against a: 0 SLOW, 0 FAST, 0 SAME, 0 AMBIGUOUS, 1 CHANGED of 1 case; ")
+    assert not finding.answered
+    assert finding.text == ("b against a: 0 SLOW, 0 FAST, 0 SAME, 0 AMBIGUOUS, 1 CHANGED of 1 case: no case ran the "
+                            "same code in both runs, so no slowdown is named; 1 case ran other code in the two runs "
+                            "(not counted as a slowdown).")
+
+
+def test_the_largest_slowdown_is_never_a_case_whose_code_changed(tmp_path):
+    base, cand = timed("c", BASE), timed("c", [x * 2 for x in BASE])
+    base["code"], cand["code"] = {"experts": "onednn"}, {"experts": "torch"}
+    steady = [timed("s", BASE), timed("s", [x * 1.02 for x in BASE])]
+    _, df = load_runs([write_run(tmp_path / "a.jsonl", [base, steady[0]], run_id="a"),
+                       write_run(tmp_path / "b.jsonl", [cand, steady[1]], run_id="b")])
+    [finding] = [f for f in findings_for(df, ["ci"]) if f.figure == "ratios"]
+    same = next(v for v in comparisons(df)[0].verdicts if v.case_id == "s")
+    # c is 2x slower but ran other code: the largest slowdown of one code path is s, at 1.02x
+    assert same.verdict == "SAME" and same.ratio == pytest.approx(1.02)
+    assert finding.text == (f"b against a: 0 SLOW, 0 FAST, 1 SAME, 0 AMBIGUOUS, 1 CHANGED of 2 cases; the largest "
+                            f"slowdown is s at {same.ratio:.3f}× [95% CI {same.ci_low:.3f}, {same.ci_high:.3f}], SAME; "
+                            "1 case ran other code in the two runs (not counted as a slowdown).")

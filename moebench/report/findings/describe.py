@@ -11,6 +11,7 @@ import pandas as pd
 from moebench.report.data import column
 
 SAID_ELSEWHERE = ("dtype", "tokens", "mode")  # each finding states them: not repeated in a case's name
+OWN_ROUTER = "layer's own router (not forced)"  # workload routing "router", as findings and the drops figure say it
 
 
 def case_name(params, drop: tuple[str, ...] = ()) -> str:
@@ -71,6 +72,7 @@ def ratio(value: float) -> str:
 
 
 def percent(value: float) -> str:
+    """12.5%; '?' when not a number."""
     return f"{100 * value:.3g}%" if math.isfinite(value) else "?"
 
 
@@ -91,8 +93,7 @@ def conditions(rows: pd.DataFrame, name_run: bool = False) -> str:
     dtypes = _values(rows, "spec.dtype")
     if dtypes:
         fields.append("/".join(dtypes))
-    tokens = sorted({int(t) for t in (column(rows, "workload.tokens") * column(rows, "workload.batch").fillna(1))
-                     .dropna()})
+    tokens = sorted({int(t) for t in tokens_per_step(rows).dropna()})
     if tokens:
         fields.append("T=" + "/".join(str(t) for t in tokens))
     modes = _values(rows, "workload.mode")
@@ -100,7 +101,7 @@ def conditions(rows: pd.DataFrame, name_run: bool = False) -> str:
         fields.append("/".join(modes))
     threads = sorted({int(t) for t in column(rows, "timing.threads").dropna()})
     if threads:
-        fields.append("/".join(str(t) for t in threads) + " threads")
+        fields.append("/".join(str(t) for t in threads) + (" thread" if threads == [1] else " threads"))
     timers = _values(rows, "timing.timer")
     if timers:
         fields.append("/".join(timers) + " timer")
@@ -110,9 +111,15 @@ def conditions(rows: pd.DataFrame, name_run: bool = False) -> str:
     return ", ".join(fields)
 
 
+def tokens_per_step(rows: pd.DataFrame) -> pd.Series:
+    """T of each case: every token of a step, `workload.tokens` x `workload.batch` (a batch of 1 when not
+    recorded). The one count of T every finding states."""
+    return column(rows, "workload.tokens") * column(rows, "workload.batch").fillna(1)
+
+
 def situation(row: pd.Series) -> str:
-    """'forward, T=256, float32': the mode, token count and dtype of one case."""
-    tokens = pd.to_numeric(pd.Series([row.get("workload.tokens")]), errors="coerce").iloc[0]
+    """'forward, T=256, float32': the mode, token count (tokens_per_step) and dtype of one case."""
+    tokens = tokens_per_step(row.to_frame().T).iloc[0]
     tokens_text = str(int(tokens)) if pd.notna(tokens) else "?"
     return f"{row.get('workload.mode') or '?'}, T={tokens_text}, {row.get('spec.dtype') or '?'}"
 

@@ -14,7 +14,8 @@ from moebench.report.data import column, ok_cases
 from moebench.report.findings.base import Finding
 from moebench.report.findings.describe import conditions, seconds, several_runs, situation, size, text
 
-MATCH_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.mode", "spec.d_model", "spec.d_ff", "spec.top_k")
+MATCH_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.batch", "workload.mode", "spec.d_model", "spec.d_ff",
+              "spec.top_k")
 FIGURE = "throughput"
 
 
@@ -41,8 +42,9 @@ def _reference(case: pd.Series, full: pd.DataFrame) -> pd.DataFrame:
     total = int(case["spec.n_experts"]) + int(case["workload.expand"])
     match = full[column(full, "spec.n_experts") == total]
     match = match[column(match, "spec.capacity_factor").isna()]
-    for key in MATCH_KEYS:
-        match = match[text(match, key, "?") == str(case.get(key, "?"))]
+    wanted = case.to_frame().T
+    for key in MATCH_KEYS:  # both sides through text(): a key the case lacks is '?' on each, never 'nan' on one
+        match = match[text(match, key, "?") == text(wanted, key, "?").iloc[0]]
     return match
 
 

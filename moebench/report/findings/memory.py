@@ -1,12 +1,14 @@
 """Memory findings: the measured peak (`peak_bytes`: allocated during a step above what was live before
 it) against the analytic upper bound on a forward's activations (`predicted_activation_bytes_upper`,
-accounting.layer_activation_bytes), per run, mode, dtype and T: whether the bound held
-(peak <= bound) in every case, and the case farthest from it.
+accounting.layer_activation_bytes), per run, mode, dtype and T.
 
-Where the bound held everywhere, the farthest case is the one with the most slack (bound - peak, in
-bytes): how loose the bound is. Where it failed, it is the case with the largest excess (peak - bound):
-how far a forward-only bound is from what that mode holds (a training step also keeps gradients and
-optimizer state)."""
+For forward cases: whether the bound held (peak <= bound) in every case, and the case farthest from
+it. Where the bound held everywhere, that is the case with the most slack (bound - peak, in bytes): how
+loose the bound is. Where it failed, it is the case with the largest excess (peak - bound).
+
+The bound covers a forward's activations only: a backward or training step also holds gradients (and
+optimizer state), so for any other mode no verdict is given (the memory figure draws no bound there);
+the finding says so and gives the range of the measured peaks."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from moebench.report.data import column, ok_cases
 from moebench.report.findings.base import Finding
 from moebench.report.findings.describe import case_name, conditions, ratio, several_runs, situation, size, text
 
-GROUP_KEYS = ("run", "workload.mode", "spec.dtype", "workload.tokens")
+GROUP_KEYS = ("run", "workload.mode", "spec.dtype", "workload.tokens", "workload.batch")  # T = tokens x batch
 FIGURE = "memory"
+BOUNDED_MODE = "forward"  # the only mode the activation bound covers
 MAX_NAMED = 4  # cases named in a sentence; the rest counted
 
 
@@ -44,6 +47,8 @@ def peak_against_bound(df: pd.DataFrame) -> list[Finding]:
 
 
 def _sentence(group: pd.DataFrame, name_run: bool) -> Finding:
+    if group["key workload.mode"].iloc[0] != BOUNDED_MODE:  # a mode not recorded gets no verdict either
+        return _unbounded_sentence(group, name_run)
     peak = column(group, "peak_bytes")
     bound = column(group, "predicted_activation_bytes_upper")
     excess = peak - bound
@@ -68,6 +73,20 @@ def _sentence(group: pd.DataFrame, name_run: bool) -> Finding:
                     f"the loosest is {case_name(group.at[worst, 'case_params'])}, "
                     f"{_peak_and_bound(peak[worst], bound[worst])}")
     return Finding(sentence + ".", FIGURE, conditions(group, name_run))
+
+
+def _unbounded_sentence(group: pd.DataFrame, name_run: bool) -> Finding:
+    """A mode the forward-only bound does not cover: no verdict, the measured peaks' range instead."""
+    peak = column(group, "peak_bytes")
+    low, high = peak.idxmin(), peak.idxmax()
+    if len(group) == 1:
+        measured = f"its one case, {case_name(group.at[low, 'case_params'])}, peaked at {size(peak[low])}"
+    else:
+        measured = (f"its {len(group)} cases peaked at {size(peak[low])} ({case_name(group.at[low, 'case_params'])}) "
+                    f"to {size(peak[high])} ({case_name(group.at[high, 'case_params'])})")
+    sentence = (f"{situation(group.iloc[0])}: the analytic activation upper bound covers a forward's activations "
+                f"only (not gradients or optimizer state), so no verdict on it is given for this mode; {measured}.")
+    return Finding(sentence, FIGURE, conditions(group, name_run), answered=False)
 
 
 def _peak_and_bound(peak: float, bound: float) -> str:

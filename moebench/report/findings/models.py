@@ -28,7 +28,7 @@ def _closest_to_ceiling(presets: pd.DataFrame, name_run: bool) -> list[Finding]:
     """Per run, dtype, T and mode with two or more finished presets: which runs its experts closest to
     the dense-GEMM ceiling and which farthest (the layer shapes differ; the fraction compares them)."""
     rows = presets[(presets["status"] == "ok") & column(presets, "frac_of_ceiling").notna()].copy()
-    keys = ("run", "spec.dtype", "workload.tokens", "workload.mode")
+    keys = ("run", "spec.dtype", "workload.tokens", "workload.batch", "workload.mode")
     for key in keys:
         rows[f"key {key}"] = text(rows, key, "?")
     found = []

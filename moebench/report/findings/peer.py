@@ -4,7 +4,9 @@ the largest N comes to its bandwidth floor.
 Product keys and brute force are compared only within one configuration: the same run, heads, k,
 d_model D, d_key, dtype and T, at an N both measured. The floor is `floor_s`, the expert rows one step
 must read at the measured copy bandwidth; the fraction is `frac_of_ceiling` = floor_s / latency_s
-(docs/results.md#metric-contract): 100% would be a step that only reads its rows once.
+(docs/results.md#metric-contract): 100% would be a step that only reads its rows once. A finding says
+the latency as a multiple of the floor (latency_s / floor_s) and the fraction as the share of the
+floor's speed the step reaches.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pandas as pd
 
 from moebench.report.data import column
 from moebench.report.findings.base import Finding
-from moebench.report.findings.describe import conditions
+from moebench.report.findings.describe import conditions, percent, ratio, seconds
 
 FIGURE = "peer"
 CONFIG = ("spec.peer_heads", "spec.peer_k", "spec.d_model", "spec.d_key", "spec.dtype", "workload.tokens",
@@ -121,21 +123,36 @@ def _largest_n_findings(d: pd.DataFrame, name_run: bool) -> list[Finding]:
 
 
 def _at_floor_text(row, settings: str) -> str:
-    """'product keys with heads=8, k=16 take 8.75 ms per step against a bandwidth floor of 3.43 ms (39% of floor)'."""
+    """'product keys with heads=8, k=16 take 18 ms per step, 5.25× the bandwidth floor of 3.43 ms (it
+    reaches 19.1% of the floor's speed)'."""
     retrieval = _retrieval(row)
     verb = "takes" if retrieval == "brute force" else "take"
-    text = f"{retrieval}{' with ' + settings if settings else ''} {verb} {_ms(float(row['latency_s']))} per step"
+    text = f"{retrieval}{' with ' + settings if settings else ''} {verb} {seconds(float(row['latency_s']))} per step"
     floor, frac = _floor(row)
     if floor is None:
         return text + " (no bandwidth floor recorded)"
-    return text + f" against a bandwidth floor of {_ms(floor)} ({_percent(frac)} of floor)"
+    return (text + f", {_times_floor(row, floor)} the bandwidth floor of {seconds(floor)} "
+            f"(a step reaches {_speed(frac)})")
 
 
 def _against_floor(row, settings: str) -> str:
-    """'product keys heads=8, k=16: 8.75 ms against 3.43 ms (39% of floor)': one of several at one N."""
-    text = f"{_retrieval(row)}{' ' + settings if settings else ''}: {_ms(float(row['latency_s']))}"
+    """'product keys heads=8, k=16: 8.75 ms, 2.55× the floor of 3.43 ms (39.2% of the floor's speed)': one of
+    several at one N."""
+    text = f"{_retrieval(row)}{' ' + settings if settings else ''}: {seconds(float(row['latency_s']))}"
     floor, frac = _floor(row)
-    return text + (" (no floor recorded)" if floor is None else f" against {_ms(floor)} ({_percent(frac)} of floor)")
+    if floor is None:
+        return text + " (no floor recorded)"
+    return text + f", {_times_floor(row, floor)} the floor of {seconds(floor)} ({_speed(frac)})"
+
+
+def _times_floor(row, floor: float) -> str:
+    """The latency as a multiple of the floor: 1/frac_of_ceiling."""
+    return ratio(float(row["latency_s"]) / floor) if floor > 0 else "?"
+
+
+def _speed(frac: float) -> str:
+    """'19.1% of the floor's speed': frac_of_ceiling = floor_s / latency_s."""
+    return f"{percent(frac)} of the floor's speed"
 
 
 def _retrieval(row) -> str:
@@ -147,13 +164,3 @@ def _floor(row) -> tuple[float | None, float]:
     floor = pd.to_numeric(pd.Series([row.get("floor_s")]), errors="coerce").iloc[0]
     frac = pd.to_numeric(pd.Series([row.get("frac_of_ceiling")]), errors="coerce").iloc[0]
     return (None, float("nan")) if pd.isna(floor) or pd.isna(frac) else (float(floor), float(frac))
-
-
-def _percent(frac: float) -> str:
-    return f"{frac:.0%}" if frac >= 0.1 else f"{frac:.1%}"
-
-
-def _ms(seconds: float) -> str:
-    """Three significant digits: 8.75 ms, 18.0 ms, 239 ms."""
-    value = seconds * 1e3
-    return f"{value:.0f} ms" if value >= 100 else f"{value:#.3g} ms"

@@ -1,6 +1,10 @@
 """The comparison in one sentence per other run: how many cases moebench compare calls SLOW, FAST,
 SAME, AMBIGUOUS (or CHANGED), and the largest ratio with its 95% CI. Only with two or more runs; the
-numbers are the ratios figure's (report.fig_ratios.comparisons), which are compare's."""
+numbers are the ratios figure's (report.fig_ratios.comparisons), which are compare's.
+
+The largest slowdown is taken among the cases that ran the same code in both runs (a timing verdict:
+SLOW, FAST, SAME or AMBIGUOUS). A CHANGED case ran another implementation: its ratio is not a slowdown
+of one code path, so CHANGED cases are counted apart, never named as the largest slowdown."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import pandas as pd
 from moebench.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 from moebench.report.fig_ratios import Comparison, comparisons, count_of_cases
 from moebench.report.findings.base import Finding
+
+TIMING_VERDICTS = ("SLOW", "FAST", "SAME", "AMBIGUOUS")  # the same code path timed in both runs
 
 
 def ratio_findings(df: pd.DataFrame) -> list[Finding]:
@@ -29,11 +35,18 @@ def _finding(comp: Comparison) -> Finding:
     if not comp.verdicts:
         return Finding(f"No case of {comp.run} could be compared with {comp.baseline}: {comp.unmatched()}.",
                        "ratios", conditions, answered=False)
-    worst = max(comp.verdicts, key=lambda v: v.ratio)
+    same_code = [v for v in comp.verdicts if v.verdict in TIMING_VERDICTS]
+    other_code = len(comp.verdicts) - len(same_code)
+    head = f"{comp.run} against {comp.baseline}: {_counts(comp)} of {count_of_cases(len(comp.verdicts))}"
+    apart = (f"; {count_of_cases(other_code)} ran other code in the two runs (not counted as a slowdown)"
+             if other_code else "")
+    if not same_code:
+        return Finding(f"{head}: no case ran the same code in both runs, so no slowdown is named{apart}{tail}.",
+                       "ratios", conditions, answered=False)
+    worst = max(same_code, key=lambda v: v.ratio)
     change = "slowdown" if worst.ratio > 1 else "ratio (no case is slower)"
-    text = (f"{comp.run} against {comp.baseline}: {_counts(comp)} of {count_of_cases(len(comp.verdicts))}; the largest "
-            f"{change} is {worst.case_id} at {worst.ratio:.3f}× [95% CI {worst.ci_low:.3f}, {worst.ci_high:.3f}], "
-            f"{worst.verdict}{tail}.")
+    text = (f"{head}; the largest {change} is {worst.case_id} at {worst.ratio:.3f}× [95% CI {worst.ci_low:.3f}, "
+            f"{worst.ci_high:.3f}], {worst.verdict}{apart}{tail}.")
     return Finding(text, "ratios", conditions)
 
 

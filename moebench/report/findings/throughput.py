@@ -3,6 +3,12 @@ relative to the dense FFN of equal active parameters (suite axis `baseline: equa
 of width K·F: the FLOPs per token of the routed layer without its routing); and, for the ci and quick
 suites, the spread between the fastest and the slowest hot path.
 
+A hot path is a layer's forward (or backward) path as a user would run it: a routed layer, never a dense
+baseline. In a run of kind ci every routed case is one (the ci suite forces a deterministic uniform
+routing on the layers whose speed does not depend on their router, to keep the gate stable); in any
+other run (quick) a case under a forced synthetic routing (uniform, zipf: a drop study) is not, since
+its speed is not its router's.
+
 Speeds are tokens/s at the median step latency (metric `tokens_per_s`). A routed layer is compared with
 the dense baseline of the same run, dtype, T, mode, d_model and active width (K·F plus its shared experts'
 width: a top-1 layer is not compared with a top-2 layer's dense FFN). The dense FFN has no routing; the
@@ -26,7 +32,7 @@ from moebench.report.findings.describe import (
     text,
 )
 
-CONDITION_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.mode", "spec.d_model")
+CONDITION_KEYS = ("run", "spec.dtype", "workload.tokens", "workload.batch", "workload.mode", "spec.d_model")
 MATCH_KEYS = (*CONDITION_KEYS, "active width")  # a routed layer and its equal-active dense FFN share these
 FIGURE = "throughput"
 
@@ -99,15 +105,19 @@ def _fastest_sentence(group: pd.DataFrame, best: pd.Series, baselines: pd.DataFr
         head += f", {best['key workload.routing']} routing"
     speed = float(best["tokens_per_s"])
     width = f" with active width {best['key active width']} (K·F + shared)" if not baselines.empty else ""
-    of = f"the fastest of {len(group)} routed layers{width}" if len(group) > 1 else f"the only routed layer{width}"
-    sentence = f"{head}: {of} is {case_name(best['case_params'])} at {rate(speed)}"
+    speeds = column(group, "tokens_per_s")
+    if len(group) > 1 and rate(speeds.min()) == rate(speeds.max()):  # equal as printed: none is the fastest
+        sentence = f"{head}: the {len(group)} routed layers{width} tie at {rate(speed)}"
+    else:
+        of = f"the fastest of {len(group)} routed layers{width}" if len(group) > 1 else f"the only routed layer{width}"
+        sentence = f"{head}: {of} is {case_name(best['case_params'])} at {rate(speed)}"
     rows = group
     if not baselines.empty:
         dense = baselines.loc[column(baselines, "tokens_per_s").idxmax()]
         sentence += (f", {ratio(speed / float(dense['tokens_per_s']))} the dense FFN of equal active parameters "
                      f"({rate(float(dense['tokens_per_s']))})")
         rows = pd.concat([group, baselines.loc[[dense.name]]])
-    elif len(group) > 1 and column(group, "tokens_per_s").nunique() > 1:
+    elif len(group) > 1 and rate(speeds.min()) != rate(speeds.max()):
         slowest = group.loc[column(group, "tokens_per_s").idxmin()]
         sentence += (f"; the slowest, {case_name(slowest['case_params'])}, reaches "
                      f"{rate(float(slowest['tokens_per_s']))}")
@@ -115,9 +125,9 @@ def _fastest_sentence(group: pd.DataFrame, best: pd.Series, baselines: pd.DataFr
 
 
 def hot_path_spread(df: pd.DataFrame) -> list[Finding]:
-    """Per (run, dtype, T, mode): the fastest and the slowest case by median latency, and their ratio.
-    The layers differ (that is the point of a ci or quick suite); the ratio says how far apart the hot
-    paths are on this machine."""
+    """Per (run, dtype, T, mode): the fastest and the slowest hot path by median latency, and their
+    ratio (or that they tie). The layers differ (that is the point of a ci or quick suite); the ratio
+    says how far apart the hot paths are on this machine."""
     if df.empty:
         return []
     rows = ok_cases(df)
@@ -125,20 +135,44 @@ def hot_path_spread(df: pd.DataFrame) -> list[Finding]:
     keys = [k for k in CONDITION_KEYS if k != "spec.d_model"]
     for key in keys:
         rows[f"key {key}"] = text(rows, key, "?")
-    groups = [g for _, g in rows.groupby([f"key {k}" for k in keys], sort=False) if len(g) > 1]
+    rows["hot path"] = hot_paths(rows)
+    groups = [g for _, g in rows.groupby([f"key {k}" for k in keys], sort=False) if g["hot path"].sum() > 1]
     if not groups:
-        n_ok = len(rows)
-        why = "no case finished" if n_ok == 0 else "no two cases finished under the same dtype, T and mode"
+        n_ok = int(rows["hot path"].sum())
+        why = "no hot path finished" if n_ok == 0 else "no two hot paths finished under the same dtype, T and mode"
         return [Finding(f"The spread between hot paths is not computed: {why}.", FIGURE, answered=False)]
     name_run = several_runs(df)
     return [_spread_sentence(g, name_run) for g in groups]
 
 
+def hot_paths(rows: pd.DataFrame) -> pd.Series:
+    """True for a hot path (module docstring): a routed layer, under its own router unless its run is of
+    kind ci."""
+    dense = param(rows, "baseline").notna() | (text(rows, "spec.variant") == "dense")
+    forced = ~text(rows, "workload.routing", "router").isin(["router"])
+    return ~dense & (~forced | (text(rows, "kind") == "ci"))
+
+
 def _spread_sentence(group: pd.DataFrame, name_run: bool) -> Finding:
-    latency = column(group, "latency_s")
-    fast, slow = group.loc[latency.idxmin()], group.loc[latency.idxmax()]
-    sentence = (f"{situation(group.iloc[0])}: of {len(group)} hot paths the fastest is "
-                f"{case_name(fast['case_params'])} at {seconds(float(fast['latency_s']))} per step and the slowest "
-                f"is {case_name(slow['case_params'])} at {seconds(float(slow['latency_s']))}, "
-                f"{ratio(float(slow['latency_s']) / float(fast['latency_s']))} the fastest.")
-    return Finding(sentence, FIGURE, conditions(group, name_run))
+    hot = group[group["hot path"]]
+    latency = column(hot, "latency_s")
+    fast, slow = hot.loc[latency.idxmin()], hot.loc[latency.idxmax()]
+    head = f"{situation(hot.iloc[0])}: of {len(hot)} hot paths{_left_out(group)}"
+    spread = float(slow["latency_s"]) / float(fast["latency_s"])
+    if ratio(spread) == ratio(1.0):  # as printed, the slowest is no slower: a tie, not one case named twice
+        sentence = f"{head} all take {seconds(float(fast['latency_s']))} per step: they tie."
+    else:
+        sentence = (f"{head} the fastest is {case_name(fast['case_params'])} at {seconds(float(fast['latency_s']))} "
+                    f"per step and the slowest is {case_name(slow['case_params'])} at "
+                    f"{seconds(float(slow['latency_s']))}, {ratio(spread)} the fastest.")
+    return Finding(sentence, FIGURE, conditions(hot, name_run))
+
+
+def _left_out(group: pd.DataFrame) -> str:
+    """' (2 dense baselines and 1 forced-routing case left out)', or '' when every case is a hot path."""
+    cold = group[~group["hot path"]]
+    dense = int((param(cold, "baseline").notna() | (text(cold, "spec.variant") == "dense")).sum())
+    forced = len(cold) - dense
+    parts = [f"{n} {what}{'s' if n > 1 else ''}" for n, what in ((dense, "dense baseline"),
+                                                                 (forced, "forced-routing case")) if n]
+    return f" ({' and '.join(parts)} left out)" if parts else ""
