@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from moebench import store
@@ -96,10 +97,12 @@ def _row(run: Run, case: dict[str, Any]) -> dict[str, Any]:
 
 
 def column(df: pd.DataFrame, name: str) -> pd.Series:
-    """df[name] as numbers, all-NaN when no record has it (records differ by variant)."""
+    """df[name] as numbers, all-NaN when no record has it (records differ by variant). An infinite
+    value (a hand-edited or broken record) is NaN too: no figure or finding can place or rank it."""
     if name not in df:
         return pd.Series(float("nan"), index=df.index)
-    return pd.to_numeric(df[name], errors="coerce")
+    values = pd.to_numeric(df[name], errors="coerce")
+    return values.where(np.isfinite(values))
 
 
 def ok_cases(df: pd.DataFrame) -> pd.DataFrame:

@@ -25,8 +25,8 @@ def test_freezing_saves_step_time_and_optimizer_state_against_full_fine_tuning(t
     half, quarter = freezing_saving(df)
     # 1 - 0.03/0.04 = 25% less time; 1 - 1/4 = 75% less state
     assert half.text == ("Freezing the 8 old experts of a layer grown to 16 (lifelong, expand 8) takes 30 ms per step "
-                         "against 40 ms for fine-tuning all 16 of a token_choice layer in full (25% less) and holds 1 MiB of optimizer state "
-                         "against 4 MiB (75% less).")
+                         "against 40 ms for fine-tuning all 16 of a token_choice layer in full (25% less) and holds "
+                         "1 MiB of optimizer state against 4 MiB (75% less).")
     assert "(10% more)" in quarter.text and "3 MiB of optimizer state against 4 MiB (25% less)" in quarter.text
     assert half.answered and half.figure == "throughput" and "train_step" in half.conditions
 

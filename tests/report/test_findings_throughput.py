@@ -118,3 +118,12 @@ def test_a_layer_with_other_active_parameters_is_not_compared_with_the_equal_act
                           _dense("equal_active", 0.005)], kind="throughput")  # dense width 256 = 2 x 128
     (finding,) = fastest_backend(df)
     assert "token_choice/grouped_mm at 32k tokens/s, 0.625× the dense FFN" in finding.text
+
+
+def test_an_infinite_latency_is_no_hot_path(tmp_path):
+    cases = [timed(f"variant=token_choice,backend={b}", {"variant": "token_choice", "backend": b}, t,
+                   spec={"backend": b}) for b, t in (("loop", 0.02), ("sort_gather", 0.01), ("padded", 0.03))]
+    df = frame(tmp_path, cases, kind="ci")
+    df.loc[df["case_id"].str.contains("padded"), "latency_s"] = float("inf")  # a hand-edited 'Infinity'
+    (finding,) = hot_path_spread(df)
+    assert "slowest is token_choice/loop at 20 ms" in finding.text and "?" not in finding.text

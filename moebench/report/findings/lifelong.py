@@ -2,8 +2,8 @@
 E + n and freezes the E old ones and their gate rows; it is compared with fine-tuning in full a layer of
 the same size (E + n experts, same d_model, d_ff, top-k), same run, dtype, T and mode: the `lifelong`
 layer built at that size with nothing frozen where the run has one (the same code, so the difference is
-the freezing alone), else a plain `token_choice` layer. Saving = 1 - frozen / full, for the median step time (`latency_s`) and the AdamW state
-(`optimizer_state_bytes`); negative means freezing costs more."""
+the freezing alone), else a plain `token_choice` layer. Saving = 1 - frozen / full, for the median step
+time (`latency_s`) and the AdamW state (`optimizer_state_bytes`); negative means freezing costs more."""
 
 from __future__ import annotations
 
