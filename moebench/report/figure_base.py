@@ -39,9 +39,10 @@ def new_axes(fig: Figure, *args, **kwargs):
         return fig.subplots(*args, **kwargs)
 
 
-def case_label(params: dict, drop: tuple[str, ...] = ()) -> str:
-    """A short name from a case's params: variant/backend first, then the other axes as k=v."""
-    params = {k: v for k, v in params.items() if k not in drop}
+def case_head(params: dict) -> tuple[str, list[str]]:
+    """What names a case first ('dense FFN (equal_active)', a preset, or variant/backend) and its other
+    axes as sorted k=v strings."""
+    params = dict(params)
     if "baseline" in params:
         head = f"dense FFN ({params.pop('baseline')})"
     elif "preset" in params:
@@ -49,8 +50,14 @@ def case_label(params: dict, drop: tuple[str, ...] = ()) -> str:
     else:
         head = str(params.pop("variant", "") or "")
     if "backend" in params:
-        head = f"{head}/{params.pop('backend')}" if head else str(params.pop("backend"))
-    rest = [f"{k}={v}" for k, v in sorted(params.items())]
+        backend = params.pop("backend")
+        head = f"{head}/{backend}" if head else str(backend)
+    return head, [f"{k}={v}" for k, v in sorted(params.items())]
+
+
+def case_label(params: dict, drop: tuple[str, ...] = ()) -> str:
+    """A short name from a case's params: variant/backend first, then the other axes as k=v."""
+    head, rest = case_head({k: v for k, v in params.items() if k not in drop})
     return mathtext_escaped(", ".join(x for x in [head, *rest] if x) or "base")
 
 

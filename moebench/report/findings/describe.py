@@ -9,6 +9,7 @@ import math
 import pandas as pd
 
 from moebench.report.data import column
+from moebench.report.figure_base import case_head
 
 SAID_ELSEWHERE = ("dtype", "tokens", "mode")  # each finding states them: not repeated in a case's name
 OWN_ROUTER = "layer's own router (not forced)"  # workload routing "router", as findings and the drops figure say it
@@ -18,20 +19,10 @@ def case_name(params, drop: tuple[str, ...] = ()) -> str:
     """A short name from a case's params: 'dense FFN (equal_active)', a preset, or variant/backend,
     then the other axes as k=v in parentheses (dtype, tokens, mode and those in `drop` left out: the finding's
     sentence and conditions say them)."""
-    params = {k: v for k, v in (params or {}).items() if k not in (*SAID_ELSEWHERE, *drop)}
-    if "baseline" in params:
-        head = f"dense FFN ({params.pop('baseline')})"
-    elif "preset" in params:
-        head = str(params.pop("preset"))
-    else:
-        head = str(params.pop("variant", "") or "")
-    if "backend" in params:
-        backend = params.pop("backend")
-        head = f"{head}/{backend}" if head else str(backend)
-    rest = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+    head, rest = case_head({k: v for k, v in (params or {}).items() if k not in (*SAID_ELSEWHERE, *drop)})
     if not head:
-        return rest or "base"
-    return f"{head} ({rest})" if rest else head
+        return ", ".join(rest) or "base"
+    return f"{head} ({', '.join(rest)})" if rest else head
 
 
 def seconds(value: float) -> str:
