@@ -17,7 +17,15 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from moebench.report.data import column
-from moebench.report.figure_base import Plot, finished_rows, mathtext_escaped, new_axes, new_figure, text_column
+from moebench.report.figure_base import (
+    PAGE_WIDTH_IN,
+    Plot,
+    finished_rows,
+    mathtext_escaped,
+    new_axes,
+    new_figure,
+    text_column,
+)
 from moebench.report.findings.describe import OWN_ROUTER
 from moebench.routing.capacity import expected_drop_fraction_uniform
 
@@ -92,7 +100,8 @@ def drops(df: pd.DataFrame) -> Plot | None:
     facets = list(dict.fromkeys(order["facet"]))
     ncols = min(len(facets), FACETS_PER_ROW)
     blocks = math.ceil(len(facets) / ncols)
-    fig = new_figure(3.3 * ncols + 2.6, 2.6 * 2 * blocks + 0.7)
+    # at most PAGE_WIDTH_IN wide, the legend below: the page never scales the figure (or its text) down
+    fig = new_figure(min(3.3 * ncols + 0.6, PAGE_WIDTH_IN), 2.6 * 2 * blocks + 1.5)
     axes = new_axes(fig, 2 * blocks, ncols, squeeze=False, sharex=True, sharey=True)
     routings = sorted(d["routing"].unique())
     colors = dict(zip(routings, sns.color_palette(n_colors=len(routings)), strict=True))
@@ -119,8 +128,8 @@ def drops(df: pd.DataFrame) -> Plot | None:
         block, col = divmod(i, ncols)
         axes[2 * block, col].set_visible(False)
         axes[2 * block + 1, col].set_visible(False)
-    fig.legend(handles=_legend_handles(d, colors, markers), loc="outside right upper", fontsize=8, frameon=False,
-               handlelength=3.2)
+    fig.legend(handles=_legend_handles(d, colors, markers), loc="outside lower center", fontsize=8, frameon=False,
+               handlelength=3.2, ncols=4)
     fig.suptitle("Drops against capacity factor, C = ceil(CF·T·K/E)")
     return Plot(fig, d, alt=_alt_text(d, facets, routings, runs))
 

@@ -7,6 +7,7 @@ import seaborn as sns
 
 from moebench.report.data import column
 from moebench.report.figure_base import (
+    PAGE_WIDTH_IN,
     Plot,
     case_label,
     finished_rows,
@@ -47,7 +48,8 @@ def memory(df: pd.DataFrame) -> Plot | None:
     order = list(dict.fromkeys(d["case"]))
     run_names = list(dict.fromkeys(d["run label"]))
     colors = dict(zip(MEMORY_QUANTITIES, sns.color_palette("Paired", 4)[1:], strict=False))
-    fig = new_figure(10 + 6 * (len(run_names) - 1), 2.4 + 0.42 * len(order))
+    # two runs fit the page width (PAGE_WIDTH_IN); three or more are wider and the browser scales them down
+    fig = new_figure(10 if len(run_names) == 1 else max(PAGE_WIDTH_IN, 4.6 * len(run_names)), 2.4 + 0.42 * len(order))
     axes = new_axes(fig, 1, 2 * len(run_names), squeeze=False, sharey=True,
                     gridspec_kw={"width_ratios": [2.2, 1] * len(run_names)})[0]
     act_log = spans_decades(pd.concat([d[f"{k} MiB"] for k in ACTIVATIONS]))

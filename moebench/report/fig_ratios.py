@@ -21,7 +21,15 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from moebench import compare
 from moebench.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD, Verdict
-from moebench.report.figure_base import Plot, case_label, log_ticks, mathtext_escaped, new_axes, new_figure
+from moebench.report.figure_base import (
+    PAGE_WIDTH_IN,
+    Plot,
+    case_label,
+    log_ticks,
+    mathtext_escaped,
+    new_axes,
+    new_figure,
+)
 
 PANEL_CASES = 60  # most cases in one panel: more are split over several panels, never cut
 VERDICT_COLORS = {"SLOW": "#c62828", "FAST": "#2e7d32", "SAME": "#757575", "AMBIGUOUS": "#e08000",
@@ -140,7 +148,7 @@ def ratios(df: pd.DataFrame) -> Plot | None:
     per_panel = len(panels[0])
     # Panels stacked at the page's width (13.8 in at the report's 80 dpi = 1104 px, within the page's
     # 1150 px less its padding): shown unscaled, the 7-point labels stay legible however many panels.
-    fig = new_figure(13.8, len(panels) * (0.17 * per_panel + 1.1) + 1.2)
+    fig = new_figure(PAGE_WIDTH_IN, len(panels) * (0.17 * per_panel + 1.1) + 1.2)
     axes = new_axes(fig, len(panels), 1, sharex=True, squeeze=False).ravel()
     ratios_drawn = [v.ratio for comp in comps for v in comp.verdicts]
     for i, (ax, cases) in enumerate(zip(axes, panels, strict=True)):

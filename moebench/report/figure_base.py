@@ -16,6 +16,9 @@ from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator
 from moebench.report.data import ok_cases
 
 ROUTING_PHASES = ("router", "dispatch", "combine")
+# The widest a figure may be and still show at its own size: the page's 1150 px less its padding, at the
+# report's 80 dpi (13.8 in = 1104 px). Wider figures are scaled down by the browser, text included.
+PAGE_WIDTH_IN = 13.8
 COMPUTE_PHASES = ("experts", "shared")
 
 
