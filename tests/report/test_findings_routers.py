@@ -92,3 +92,13 @@ def test_with_every_router_left_out_no_verdict_is_given(tmp_path):
     assert balance.text == ("No router is judged both on cost and balance against top-2: every one differs from it "
                             "by more than its router. Left out of this verdict: top-1 (other expert FLOPs per token): "
                             "rl; balanced by construction: expert_choice.")
+
+
+def test_a_router_with_shared_experts_is_left_out_of_the_verdict(tmp_path):
+    # DeepSeek's shared expert adds expert FLOPs per token: its cost is not its router's alone
+    deepseek = _router({"variant": "deepseek", "n_shared": 1}, 0.009, 1.05)
+    df = frame(tmp_path, [TOP_K, deepseek, _router({"variant": "hash"}, 0.008, 1.5)], kind="routers")
+    _, balance = router_cost_and_balance(df)
+    assert "both cheaper and better balanced than top-2: deepseek" not in balance.text
+    assert balance.text.endswith("Left out of this verdict: shared experts (other expert FLOPs per token): "
+                                 "deepseek (n_shared=1).")

@@ -8,7 +8,7 @@ experts, workload routing and backend. Its top-k is named where it differs from 
 top-1 layer computes half a top-2 layer's expert FLOPs) and its `drop_rate` where above 0.
 
 The verdict "both cheaper and better balanced" is given only among routers that differ from top-k by
-their router alone: the same top_k, no assignment dropped (a capped layer's kept loads are even by
+their router alone: the same top_k and shared experts, no assignment dropped (a capped layer's kept loads are even by
 the cap) and not balanced by construction (expert choice gives every expert the same load). The
 routers left out of it are named with the reason."""
 
@@ -146,11 +146,18 @@ def _left_out(row: pd.Series, top_k: pd.Series) -> str | None:
     k = _top_k(row)
     if not (math.isfinite(k) and k == _top_k(top_k)):
         return f"top-{int(k) if math.isfinite(k) else '?'} (other expert FLOPs per token)"
+    if _shared_experts(row) != _shared_experts(top_k):
+        return "shared experts (other expert FLOPs per token)"
     if _drop_rate(row) > 0:
         return "drops assignments (its load is measured after capacity)"
     if str(row.get("spec.variant")) in BALANCED_BY_CONSTRUCTION:
         return "balanced by construction"
     return None
+
+
+def _shared_experts(row: pd.Series) -> float:
+    value = pd.to_numeric(pd.Series([row.get("spec.n_shared")]), errors="coerce").iloc[0]
+    return float(value) if pd.notna(value) else 0.0
 
 
 def _balance(row: pd.Series) -> float:
