@@ -154,6 +154,34 @@ def expected_experts_touched(n_experts: int, n_tokens: int, per_token: float) ->
     return n_experts * (1 - (1 - p) ** n_tokens)
 
 
+def decode_weight_bytes(spec: LayerSpec, experts_touched: float, dtype: str | None = None) -> dict[str, float]:
+    """Weight bytes one forward step must read at least once, by part, given the distinct routed experts
+    its tokens touched: router (E*D), shared experts (all of them), routed experts (touched * m*D*F).
+
+    The weight-read floor of a decode step is the sum over the streaming-read bandwidth. Dense: the
+    FFN; PEER: the keys and query network, plus experts_touched singleton experts of 2*D each.
+    """
+    b = DTYPE_BYTES[dtype or spec.dtype]
+    params = layer_params(spec)
+    if spec.variant == "peer":
+        return {"router": (params["query"] + params["keys"]) * b, "experts": experts_touched * 2 * spec.d_model * b,
+                "shared": 0.0}
+    if spec.variant == "dense":
+        return {"router": 0.0, "experts": params["experts"] * b, "shared": 0.0}
+    per_expert = ffn_matrices(spec.activation) * spec.d_model * spec.d_ff
+    return {"router": params["router"] * b, "experts": experts_touched * per_expert * b,
+            "shared": params["shared"] * b}
+
+
+def weight_read_floor(flops: float, weight_bytes: float, gemm_rate: float, read_bandwidth: float) -> Roofline:
+    """The decode roofline: time >= max(weight_bytes / streaming-read bandwidth, flops / dense-GEMM rate).
+
+    Both rates are measured in the same run (moebench.measure.ceilings.read_bandwidth, gemm_ceiling);
+    fraction of floor = floor / latency.
+    """
+    return roofline(flops, weight_bytes, gemm_rate, read_bandwidth)
+
+
 def layer_bytes(spec: LayerSpec, n_tokens: int, dtype: str | None = None) -> dict[str, float]:
     """Bytes moved by one forward over T tokens, by term, for an unfused eager implementation.
 
@@ -549,8 +577,10 @@ def model_summary(shape: ModelShape, embeddings: str = "both", context_len: int 
 
 
 __all__ = [
-    "DTYPE_BYTES", "Roofline", "attention_params", "capacity_report", "computed_rows", "expected_experts_touched",
+    "DTYPE_BYTES", "Roofline", "attention_params", "capacity_report", "computed_rows", "decode_weight_bytes",
+    "expected_experts_touched",
     "experts_per_token", "ffn_matrices", "krajewski_router_share", "layer_active_params", "layer_activation_bytes",
     "layer_bytes", "layer_flops_per_token", "layer_params", "layer_roofline", "mamba_params", "model_active_params",
     "model_flops_per_token", "model_params", "model_summary", "peer_candidate_pairs", "roofline",
+    "weight_read_floor",
 ]

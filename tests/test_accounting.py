@@ -321,3 +321,20 @@ def test_measured_peer_peak_stays_under_the_bound_with_the_torch_kernels(retriev
 
     step()
     assert 0 < peak_memory(step, "cpu").peak_bytes <= sum(acc.layer_activation_bytes(spec, 64).values())
+
+
+def test_decode_weight_bytes_by_hand():
+    # Mixtral-like: D=1024, F=3584, swiglu (3 matrices), E=8; 2 experts touched in bf16 (2 bytes)
+    spec = LayerSpec(d_model=1024, d_ff=3584, n_experts=8, top_k=2, dtype="bfloat16")
+    got = acc.decode_weight_bytes(spec, experts_touched=2)
+    assert got == {"router": 8 * 1024 * 2, "experts": 2 * 3 * 1024 * 3584 * 2, "shared": 0}
+    ds = LayerSpec(variant="deepseek", d_model=64, d_ff=32, n_experts=16, top_k=4, n_shared=2)
+    got = acc.decode_weight_bytes(ds, experts_touched=5, dtype="float32")
+    assert got["shared"] == 2 * 3 * 64 * 32 * 4 and got["experts"] == 5 * 3 * 64 * 32 * 4
+
+
+def test_weight_read_floor_takes_the_larger_time():
+    floor = acc.weight_read_floor(flops=2e9, weight_bytes=1e9, gemm_rate=1e11, read_bandwidth=4e10)
+    assert floor.time_s == pytest.approx(0.025) and floor.bound == "memory"  # 1e9/4e10 > 2e9/1e11
+    floor = acc.weight_read_floor(flops=8e9, weight_bytes=1e9, gemm_rate=1e11, read_bandwidth=4e10)
+    assert floor.time_s == pytest.approx(0.08) and floor.bound == "compute"

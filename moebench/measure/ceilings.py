@@ -7,6 +7,9 @@ same device, dtype and thread count, so the fraction reached compares like with 
 GEMM: C = A @ B with A [m, k], B [k, n] counts 2*m*n*k FLOPs (one multiply and one add per term).
 Expert GEMMs: the per-expert GEMM pairs of a routed FFN, same shapes, as plain GEMMs (what a
 dispatch backend's experts would cost with free gather, activation and combine).
+Streaming read: a sum over a float32 buffer of n_bytes counts n_bytes read (nothing written): what a
+layer that only reads its weights once (a decode step) can hope for. On CPUs it is well above the copy
+rate, which also pays the write and the write-allocate read.
 Copy: dst.copy_(src) of n_bytes counts 2*n_bytes moved (n read + n written). On CPUs with
 write-allocate caches the hardware also reads dst before writing it (3*n_bytes of traffic), so this
 is the bandwidth a torch copy achieves, the figure a memory-bound layer can hope for, not the DRAM
@@ -61,6 +64,22 @@ def copy_samples(n_bytes: int, device: str = "cpu", *, timer: Timer | None = Non
     src = torch.ones(n_bytes, dtype=torch.uint8, device=dev)  # touched, so pages exist before timing
     dst = torch.zeros(n_bytes, dtype=torch.uint8, device=dev)
     return measure(lambda: dst.copy_(src), timer or make_timer(dev), **measure_kwargs)
+
+
+def read_samples(n_bytes: int, device: str = "cpu", *, timer: Timer | None = None,
+                 **measure_kwargs: Any) -> Samples:
+    """Timing samples of one streaming read of n_bytes: torch.sum over a float32 buffer of that size."""
+    if n_bytes < 4:
+        raise ValueError(f"n_bytes={n_bytes} is invalid: must be >= 4 (one float32)")
+    dev = torch.device(device)
+    src = torch.ones(n_bytes // 4, dtype=torch.float32, device=dev)  # touched, so pages exist before timing
+    return measure(lambda: torch.sum(src), timer or make_timer(dev), **measure_kwargs)
+
+
+def read_bandwidth(n_bytes: int = 2**30, device: str = "cpu", *, timer: Timer | None = None,
+                   **measure_kwargs: Any) -> float:
+    """Bytes/s of a streaming read (a sum over n_bytes, default 1 GiB): n_bytes / median time."""
+    return (n_bytes // 4 * 4) / read_samples(n_bytes, device, timer=timer, **measure_kwargs).median
 
 
 def copy_bandwidth(n_bytes: int = 256 * 2**20, device: str = "cpu", *, timer: Timer | None = None,

@@ -96,3 +96,13 @@ def test_bad_inputs_are_refused():
 def test_cuda_ceilings_are_plausible():
     assert 0 < gemm_ceiling(1024, 1024, 1024, "bfloat16", "cuda", **QUICK) < math.inf
     assert 0 < copy_bandwidth(64 * 2**20, "cuda", **QUICK) < math.inf
+
+
+def test_read_bandwidth_counts_the_bytes_read_once():
+    from moebench.measure.ceilings import read_bandwidth, read_samples
+
+    samples = read_samples(2**22, min_samples=3, budget_s=0.05)
+    assert read_bandwidth(2**22, min_samples=3, budget_s=0.05) > 0
+    assert samples.n >= 3
+    with pytest.raises(ValueError, match="n_bytes"):
+        read_samples(2)
