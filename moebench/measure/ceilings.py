@@ -55,6 +55,19 @@ def gemm_ceiling(m: int, n: int, k: int, dtype: str | torch.dtype = "float32", d
     return 2 * m * n * k / samples.median
 
 
+DENSE_GEMM_ROWS = 2048  # rows of the dense-GEMM rate's GEMM: enough that the GEMM runs compute-bound
+
+
+def dense_gemm_rate(d_model: int, d_out: int, dtype: str | torch.dtype = "float32", device: str = "cpu", *,
+                    timer: Timer | None = None, **measure_kwargs: Any) -> float:
+    """FLOP/s of the dense GEMM a layer's projection reaches at full size: [2048, d_model] @ [d_model, d_out].
+
+    The FLOP side of the decode floor (accounting.weight_read_floor): what the layer's expert FLOPs would
+    cost at the machine's GEMM rate for these dimensions, however few rows a decode step gives each expert.
+    """
+    return gemm_ceiling(DENSE_GEMM_ROWS, d_out, d_model, dtype, device, timer=timer, **measure_kwargs)
+
+
 def copy_samples(n_bytes: int, device: str = "cpu", *, timer: Timer | None = None,
                  **measure_kwargs: Any) -> Samples:
     """Timing samples of copying n_bytes from one preallocated buffer into another."""

@@ -106,3 +106,10 @@ def test_read_bandwidth_counts_the_bytes_read_once():
     assert samples.n >= 3
     with pytest.raises(ValueError, match="n_bytes"):
         read_samples(2)
+
+
+def test_dense_gemm_rate_times_the_full_size_gemm():
+    from moebench.measure.ceilings import DENSE_GEMM_ROWS, dense_gemm_rate
+
+    assert DENSE_GEMM_ROWS == 2048
+    assert dense_gemm_rate(64, 32, "float32", min_samples=3, budget_s=0.05) > 0
